@@ -1,0 +1,1 @@
+"""A reproducible DVC pipeline: RNN vs. bidirectional RNN text classification."""
