@@ -1,0 +1,110 @@
+"""The RNN text classifier: embedding, (bi)directional RNN over packed sequences, a readout.
+
+No I/O here. The readout never reads padding: `final` takes each direction's last real
+step from h_n of a packed sequence (for the backward direction that is the state after
+reading the whole text right to left), `mean`/`max` pool over real tokens only. The common
+`out[:, -1, :]` is wrong on both counts: on padded batches the forward half is read after
+the padding, and the backward half has only seen the last token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from pipeline.params import ModelParams
+from pipeline.text import PAD_ID, UNK_ID
+
+CELLS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    num_classes: int
+    cell: str = "rnn"
+    embed_dim: int = 50
+    hidden_dim: int = 64
+    num_layers: int = 1
+    bidirectional: bool = False
+    dropout: float = 0.0
+    word_dropout: float = 0.0
+    readout: str = "final"
+
+    @classmethod
+    def from_params(cls, p: ModelParams, vocab_size: int, num_classes: int) -> ModelConfig:
+        return cls(vocab_size=vocab_size, num_classes=num_classes, **p.__dict__)
+
+
+class RNNClassifier(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.cell not in CELLS:
+            raise ValueError(f"cell must be one of {sorted(CELLS)}, got {cfg.cell!r}")
+        if cfg.readout not in ("final", "mean", "max"):
+            raise ValueError(f"readout must be final, mean or max, got {cfg.readout!r}")
+        if cfg.vocab_size < 2 or cfg.num_classes < 2:
+            raise ValueError("a classifier needs a vocabulary of >= 2 tokens and >= 2 classes")
+        if not 0 <= cfg.dropout < 1 or not 0 <= cfg.word_dropout < 1:
+            raise ValueError("dropout and word_dropout must lie in [0, 1)")
+        self.cfg = cfg
+        self.embedding = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=PAD_ID)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.rnn = CELLS[cfg.cell](
+            cfg.embed_dim,
+            cfg.hidden_dim,
+            num_layers=cfg.num_layers,
+            batch_first=True,
+            bidirectional=cfg.bidirectional,
+            # torch applies this between stacked layers only; one layer has none to apply.
+            dropout=cfg.dropout if cfg.num_layers > 1 else 0.0,
+        )
+        self.num_directions = 2 if cfg.bidirectional else 1
+        self.head = nn.Linear(cfg.hidden_dim * self.num_directions, cfg.num_classes)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """ids (B, T) padded with PAD_ID, lengths (B,) of real tokens, each >= 1 -> logits (B, C)."""
+        if self.training and self.cfg.word_dropout > 0:
+            # Replace random real tokens by <unk>, so the model cannot lean on rare words.
+            drop = torch.rand(ids.shape, device=ids.device) < self.cfg.word_dropout
+            ids = ids.masked_fill(drop & (ids != PAD_ID), UNK_ID)
+        x = self.dropout(self.embedding(ids))  # (B, T, E)
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, h_n = self.rnn(packed)
+        if self.cfg.readout == "final":
+            if isinstance(h_n, tuple):  # LSTM returns (h_n, c_n)
+                h_n = h_n[0]
+            # h_n (L * D, B, H): keep the top layer, one row per direction.
+            top = h_n.view(self.cfg.num_layers, self.num_directions, -1, self.cfg.hidden_dim)[-1]
+            features = torch.cat(list(top), dim=-1)  # (B, D * H)
+        else:
+            out, _ = pad_packed_sequence(out, batch_first=True)  # (B, T', D * H), T' = max length
+            mask = (torch.arange(out.size(1), device=out.device)[None, :] < lengths.to(out.device)[:, None])
+            if self.cfg.readout == "mean":
+                features = (out * mask[..., None]).sum(1) / lengths.to(out.device)[:, None]
+            else:
+                features = out.masked_fill(~mask[..., None], float("-inf")).amax(1)
+        return self.head(self.dropout(features))  # (B, C)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@torch.no_grad()
+def predict_logits(
+    model: RNNClassifier, ids: torch.Tensor, lengths: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """Eval-mode logits (N, C) on the CPU, computed in batches on the model's device."""
+    model.eval()
+    device = next(model.parameters()).device
+    chunks = []
+    for start in range(0, len(ids), batch_size):
+        batch_lengths = lengths[start : start + batch_size]
+        # Trim the batch to its longest text: padding beyond it is never read.
+        batch_ids = ids[start : start + batch_size, : int(batch_lengths.max())]
+        chunks.append(model(batch_ids.to(device), batch_lengths).float().cpu())
+    return torch.cat(chunks) if chunks else torch.empty(0, model.cfg.num_classes)
