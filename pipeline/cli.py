@@ -6,6 +6,7 @@ user can cause print one line and exit with code 2.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable
 from enum import Enum
@@ -47,26 +48,28 @@ def _guard(work: Callable[[], T]) -> T:
         raise typer.Exit(130) from None
 
 
-def _load(params: Path, *sections: str):
-    from pipeline import params as params_module
+def _run_stage(stage: str, params: Path, sections: tuple[str, ...], *args: str) -> None:
+    """Validate params first, then import the stage (torch and friends load only when needed)."""
 
-    return params_module.load(params, sections)
+    def work() -> None:
+        from pipeline import params as params_module
+
+        loaded = params_module.load(params, sections)
+        importlib.import_module(f"pipeline.{stage}").run(loaded, *args)
+
+    _guard(work)
 
 
 @app.command()
 def download(params: ParamsPath = Path("params.yaml")) -> None:
     """Fetch the corpus into data/raw/ (corpus.jsonl + manifest.json)."""
-    from pipeline import download as stage
-
-    _guard(lambda: stage.run(_load(params, "download")))
+    _run_stage("download", params, ("download",))
 
 
 @app.command()
 def prepare(params: ParamsPath = Path("params.yaml")) -> None:
     """Tokenise, de-duplicate, split, build the vocabulary and pad into data/prepared/."""
-    from pipeline import prepare as stage
-
-    _guard(lambda: stage.run(_load(params, "prepare")))
+    _run_stage("prepare", params, ("prepare",))
 
 
 @app.command()
@@ -75,25 +78,55 @@ def train(
     params: ParamsPath = Path("params.yaml"),
 ) -> None:
     """Train the baseline RNN or the BiRNN into models/<model>.pt with learning curves."""
-    from pipeline import train as stage
-
-    _guard(lambda: stage.run(_load(params, "train", model.value), model.value))
+    _run_stage("train", params, ("train", model.value), model.value)
 
 
 @app.command()
 def evaluate(params: ParamsPath = Path("params.yaml")) -> None:
     """Score every model and the TF-IDF reference on train/val/test into metrics/."""
-    from pipeline import evaluate as stage
-
-    _guard(lambda: stage.run(_load(params, "evaluate")))
+    _run_stage("evaluate", params, ("evaluate",))
 
 
 @app.command()
 def compare(params: ParamsPath = Path("params.yaml")) -> None:
     """Check the seed's targets, test BiRNN vs. baseline, write metrics/compare.json and report.md."""
-    from pipeline import compare as stage
+    _run_stage("compare", params, ("compare",))
 
-    _guard(lambda: stage.run(_load(params, "compare")))
+
+@app.command()
+def predict(
+    texts: Annotated[
+        list[str] | None, typer.Argument(help="Texts to classify, one argument each.", show_default=False)
+    ] = None,
+    file: Annotated[
+        str | None,
+        typer.Option(
+            "--file",
+            metavar="PATH",
+            help="Read texts from PATH, or stdin for -: one per line, or a field of a .csv / .jsonl file.",
+        ),
+    ] = None,
+    text_field: Annotated[
+        str | None,
+        typer.Option("--text-field", help="The .csv column or .jsonl key holding the text. [default: text]"),
+    ] = None,
+    model: Annotated[
+        str, typer.Option("--model", help="birnn or baseline (models/<name>.pt), or a checkpoint path.")
+    ] = "birnn",
+    vocab: Annotated[
+        Path, typer.Option("--vocab", help="The vocabulary the checkpoint was trained with.")
+    ] = Path("data/prepared/vocab.json"),
+    top_k: Annotated[int, typer.Option("--top-k", metavar="K", help="Show the K most likely labels.")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per text, not a table.")] = False,
+) -> None:
+    """Label new texts with a trained model: TEXT arguments, or a file of texts (--file)."""
+    from pipeline import predict as stage
+
+    _guard(
+        lambda: stage.run(
+            texts or [], file, model=model, vocab=vocab, text_field=text_field, top_k=top_k, as_json=as_json
+        )
+    )
 
 
 def main() -> None:

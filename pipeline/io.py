@@ -119,8 +119,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise UserError(f"{path}: refused, the checkpoint holds more than tensors ({first})") from None
+        # torch's message is a page of advice; keep the line that names what was refused.
+        reason = next(
+            (line.strip() for line in str(exc).splitlines() if "Unsupported" in line or "error:" in line),
+            "not a plain-tensor checkpoint",
+        )
+        raise UserError(f"{path}: refused, the checkpoint holds more than tensors ({reason})") from None
     except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{path}: not a readable checkpoint ({first})") from None

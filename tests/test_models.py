@@ -1,0 +1,117 @@
+"""RNNClassifier: shapes, a readout that never reads padding, and enough capacity to learn."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from pipeline.models import ModelConfig, RNNClassifier, predict_logits
+
+VOCAB, CLASSES = 30, 4
+
+
+def _model(**overrides) -> RNNClassifier:
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=VOCAB, num_classes=CLASSES, embed_dim=6, hidden_dim=5, **overrides)
+    return RNNClassifier(cfg).eval()
+
+
+def _batch(lengths: list[int], width: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = torch.randint(2, VOCAB, (n,), generator=g)
+    return ids, torch.tensor(lengths)
+
+
+@pytest.mark.parametrize(
+    ("cell", "readout", "bidirectional", "num_layers"),
+    list(itertools.product(["rnn", "gru", "lstm"], ["final", "mean", "max"], [False, True], [1, 2])),
+)
+def test_output_shape_for_every_combination(cell, readout, bidirectional, num_layers):
+    model = _model(cell=cell, readout=readout, bidirectional=bidirectional, num_layers=num_layers, dropout=0.2)
+    ids, lengths = _batch([7, 3, 1], width=9)
+    assert model(ids, lengths).shape == (3, CLASSES)
+    model.train()
+    assert model(ids, lengths).shape == (3, CLASSES)
+
+
+def _unpadded_features(model: RNNClassifier, ids: torch.Tensor, n: int) -> torch.Tensor:
+    """The reference: run one sequence with no padding at all and read h_n of the top layer."""
+    out, h_n = model.rnn(model.embedding(ids[:n])[None])  # (1, n, D*H)
+    if isinstance(h_n, tuple):
+        h_n = h_n[0]
+    layers, dirs = model.cfg.num_layers, model.num_directions
+    top = h_n.view(layers, dirs, 1, model.cfg.hidden_dim)[-1]
+    if dirs == 2:
+        # h_n's backward state is the one after reading the whole text right to left ...
+        assert torch.allclose(top[1, 0], out[0, 0, model.cfg.hidden_dim :])
+    return torch.cat(list(top), dim=-1)[0]
+
+
+@pytest.mark.parametrize(("cell", "num_layers"), [("rnn", 1), ("rnn", 2), ("gru", 1), ("lstm", 2)])
+def test_final_readout_equals_unpadded_states_in_both_directions(cell, num_layers):
+    model = _model(cell=cell, bidirectional=True, num_layers=num_layers)
+    ids, lengths = _batch([8, 3, 5, 1], width=12)
+    logits = model(ids, lengths)
+    seed_style = []
+    for row, n in enumerate(lengths.tolist()):
+        features = _unpadded_features(model, ids[row], n)
+        assert torch.allclose(logits[row], model.head(features), atol=1e-6)
+        out, _ = model.rnn(model.embedding(ids[row])[None])  # the padded row, read the seed's way
+        seed_style.append(model.head(out[0, -1]))
+    # ... which `out[:, -1, :]` on a padded batch is not.
+    assert not torch.allclose(torch.stack(seed_style), logits, atol=1e-3)
+
+
+@pytest.mark.parametrize("readout", ["final", "mean", "max"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_padding_does_not_change_the_logits(readout, bidirectional):
+    model = _model(readout=readout, bidirectional=bidirectional, num_layers=2)
+    ids, lengths = _batch([6, 2], width=6)
+    wide = torch.zeros(2, 40, dtype=torch.long)
+    wide[:, :6] = ids
+    alone = torch.cat([model(ids[i : i + 1, : lengths[i]], lengths[i : i + 1]) for i in range(2)])
+    assert torch.allclose(model(ids, lengths), model(wide, lengths), atol=1e-6)
+    assert torch.allclose(model(wide, lengths), alone, atol=1e-6)
+    assert torch.allclose(predict_logits(model, wide, lengths, batch_size=1), alone, atol=1e-6)
+
+
+def test_model_can_overfit_a_tiny_batch():
+    model = _model(bidirectional=True, readout="final")
+    ids, lengths = _batch([5, 7, 4, 6, 3, 8, 2, 5], width=8, seed=3)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    model.train()
+    for _ in range(150):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(ids, lengths), labels)
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.05
+    assert (predict_logits(model, ids, lengths, 8).argmax(1) == labels).all()
+
+
+def test_word_dropout_only_in_training_and_never_on_padding():
+    model = _model(word_dropout=0.5)
+    ids, lengths = _batch([4, 2], width=5)
+    torch.manual_seed(1)
+    assert torch.equal(model(ids, lengths), model(ids, lengths))  # eval mode: deterministic
+    model.train()
+    seen = []
+    model.embedding.register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
+    model(ids, lengths)
+    dropped = seen[0]
+    assert ((dropped == 1) & (ids != 1)).any()
+    assert torch.equal(dropped == 0, ids == 0)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [({"cell": "cnn"}, "cell must be one of"), ({"readout": "last"}, "readout must be"), ({"dropout": 1.0}, "dropout")],
+)
+def test_impossible_configurations_raise_value_error(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        _model(**overrides)

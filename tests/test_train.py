@@ -1,0 +1,131 @@
+"""train: early stopping, checkpoints that load without pickle, determinism, a fast tiny run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from pipeline import download, io, prepare, train
+from pipeline.cli import app
+from pipeline.errors import UserError
+from pipeline.models import ModelConfig, RNNClassifier, predict_logits
+
+
+@pytest.fixture
+def prepared(tiny_params):
+    download.run(tiny_params)
+    prepare.run(tiny_params)
+    return tiny_params
+
+
+def test_tiny_end_to_end_train_through_the_cli(prepared):
+    result = CliRunner().invoke(app, ["train", "birnn"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(Path("metrics/train_birnn.json").read_text())
+    assert summary["epochs_run"] == 3 and 1 <= summary["best_epoch"] <= 3
+    assert summary["trainable_parameters"] > 0 and summary["tokens_per_second"] > 0
+    history = Path("dvclive/birnn/plots/metrics/val/accuracy.tsv").read_text().splitlines()
+    assert len(history) == 1 + 3  # header and one row per epoch
+    assert "birnn epoch   1" in result.output
+
+
+def test_checkpoint_round_trips(prepared):
+    train.run(prepared, "baseline")
+    ckpt = io.load_checkpoint("models/baseline.pt")
+    assert ckpt["labels"] == ["money", "sport", "tech"]
+    assert ckpt["vocab_sha256"] == io.sha256_file("data/prepared/vocab.json")
+    assert ckpt["encoding"] == {"max_len": 24, "keep": "head"}
+    model = RNNClassifier(ModelConfig(**ckpt["config"]))
+    model.load_state_dict(ckpt["model"])
+    assert model.cfg.bidirectional is False and model.cfg.dropout == 0.0
+    val = train.load_split("val")
+    logits = predict_logits(model, val.ids, val.lengths, 4)
+    expected = torch.nn.functional.cross_entropy(logits, val.labels).item()
+    assert expected == pytest.approx(ckpt["best_val_loss"], abs=1e-5)
+
+
+class Payload:
+    """Stands for arbitrary code a pickled checkpoint could run on load."""
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"model": {}, "config": Payload(), "labels": [], "vocab_sha256": "", "epoch": 1, "best_val_loss": 0.0},
+         "refused, the checkpoint holds more than tensors"),
+        ({"weights": torch.zeros(1)}, "not a pipeline checkpoint"),
+    ],
+)
+def test_unsafe_or_foreign_checkpoints_are_refused(tmp_path, content, message):
+    path = tmp_path / "model.pt"
+    torch.save(content, path)
+    with pytest.raises(UserError, match=message):
+        io.load_checkpoint(path)
+
+
+def test_garbage_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    with pytest.raises(UserError, match="not a readable checkpoint"):
+        io.load_checkpoint(path)
+
+
+def test_same_params_give_identical_checkpoint_and_metrics(prepared):
+    train.run(prepared, "birnn")
+    first = Path("models/birnn.pt").read_bytes()
+    first_val = Path("dvclive/birnn/plots/metrics/val/loss.tsv").read_text()
+    train.run(prepared, "birnn")
+    assert Path("models/birnn.pt").read_bytes() == first
+
+    def losses(text):
+        return [line.split("\t")[-1] for line in text.splitlines()]  # drop the timestamp column
+
+    assert losses(Path("dvclive/birnn/plots/metrics/val/loss.tsv").read_text()) == losses(first_val)
+    reseeded = dataclasses.replace(prepared, train=dataclasses.replace(prepared.train, seed=7))
+    train.run(reseeded, "birnn")
+    assert Path("models/birnn.pt").read_bytes() != first
+
+
+def test_early_stopping_restores_the_best_epoch(prepared, monkeypatch):
+    val_losses = iter([1.0, 0.5, 0.7, 0.9, 0.1])
+    snapshots = []
+    real_evaluate = train.evaluate
+
+    def scripted(model, split, batch_size=train.EVAL_BATCH):
+        metrics = real_evaluate(model, split, batch_size)
+        if split is scripted.val:
+            snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+            metrics["loss"] = next(val_losses)
+        return metrics
+
+    scripted.val = train.load_split("val")
+    monkeypatch.setattr(train, "evaluate", scripted)
+    monkeypatch.setattr(train, "load_split", lambda name: scripted.val if name == "val" else train_split)
+    train_split = train.Split(*(getattr(scripted.val, k) for k in ("ids", "lengths", "labels")))
+    params = dataclasses.replace(prepared, train=dataclasses.replace(prepared.train, max_epochs=10, patience=2))
+    train.run(params, "birnn")
+
+    summary = json.loads(Path("metrics/train_birnn.json").read_text())
+    assert summary["best_epoch"] == 2 and summary["epochs_run"] == 4  # two epochs without improvement
+    saved = io.load_checkpoint("models/birnn.pt")
+    assert saved["epoch"] == 2 and saved["best_val_loss"] == 0.5
+    for key, tensor in saved["model"].items():
+        assert torch.equal(tensor, snapshots[1][key]), key
+    assert not all(torch.equal(saved["model"][k], snapshots[3][k]) for k in saved["model"])
+
+
+def test_full_batch_training_like_the_seed(prepared):
+    params = dataclasses.replace(prepared, train=dataclasses.replace(prepared.train, batch_size=None))
+    train.run(params, "baseline")
+    assert json.loads(Path("metrics/train_baseline.json").read_text())["epochs_run"] == 3
+
+
+def test_missing_prepared_data_exits_2(tiny_project):
+    result = CliRunner().invoke(app, ["train", "baseline"])
+    assert result.exit_code == 2
+    assert "run `dvc repro prepare` first" in result.output and "Traceback" not in result.output
