@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-import torch
 
 from pipeline.errors import UserError
 
@@ -103,6 +102,8 @@ def load_arrays(path: str | Path, names: tuple[str, ...]) -> dict[str, np.ndarra
 def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
     # Serialise to memory first: torch.save of the same tensors gives the same bytes,
     # and the file appears only once complete.
+    import torch  # imported here: download, prepare and compare start seconds faster without it
+
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
     write_bytes(path, buffer.getvalue())
@@ -113,6 +114,8 @@ CHECKPOINT_KEYS = ("model", "config", "labels", "vocab_sha256", "epoch", "best_v
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint dict with `weights_only=True`; anything else is refused as a UserError."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: model checkpoint not found; run `dvc repro` to train it")

@@ -149,10 +149,12 @@ class EvaluateParams:
 class Targets:
     min_val_accuracy: float
     max_train_accuracy: float
+    max_parameter_ratio: float
 
     def validate(self, key: str) -> None:
         _check(0 <= self.min_val_accuracy <= 1, f"{key}.min_val_accuracy", "in [0, 1]")
         _check(0 <= self.max_train_accuracy <= 1, f"{key}.max_train_accuracy", "in [0, 1]")
+        _check(self.max_parameter_ratio > 0, f"{key}.max_parameter_ratio", "a number > 0")
 
 
 @dataclass(frozen=True)

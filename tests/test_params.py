@@ -76,7 +76,7 @@ def test_wrong_types_are_rejected(raw, path, value, expected):
         ("prepare.val_fraction", 0.5, "must be below 0.9 so that training data remains"),
         ("prepare.test_fraction", 1.0, "prepare.test_fraction: must be between 0 and 1"),
         ("train.patience", 0, "train.patience: must be an integer >= 1"),
-        ("compare.targets", {"min_val_accuracy": 1.2, "max_train_accuracy": 0.9}, "min_val_accuracy"),
+        ("compare.targets", {"min_val_accuracy": 1.2, "max_train_accuracy": 0.9, "max_parameter_ratio": 1.25}, "min_val_accuracy"),
     ],
 )
 def test_out_of_range_values_are_rejected(raw, path, value, expected):
