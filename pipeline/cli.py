@@ -96,19 +96,20 @@ def compare(params: ParamsPath = Path("params.yaml")) -> None:
 @app.command()
 def predict(
     texts: Annotated[
-        list[str] | None, typer.Argument(help="Texts to classify, one argument each.", show_default=False)
+        list[str] | None,
+        typer.Argument(metavar="TEXT", help="Texts to classify, one argument each.", show_default=False),
     ] = None,
     file: Annotated[
         str | None,
         typer.Option(
             "--file",
             metavar="PATH",
-            help="Read texts from PATH, or stdin for -: one per line, or a field of a .csv / .jsonl file.",
+            help="Read texts from PATH (- for stdin): one per line, or a field of a .csv / .jsonl file.",
         ),
     ] = None,
     text_field: Annotated[
         str | None,
-        typer.Option("--text-field", help="The .csv column or .jsonl key holding the text. [default: text]"),
+        typer.Option("--text-field", help="The .csv column or .jsonl key holding the text (default: text)."),
     ] = None,
     model: Annotated[
         str, typer.Option("--model", help="birnn or baseline (models/<name>.pt), or a checkpoint path.")
@@ -116,17 +117,18 @@ def predict(
     vocab: Annotated[
         Path, typer.Option("--vocab", help="The vocabulary the checkpoint was trained with.")
     ] = Path("data/prepared/vocab.json"),
-    top_k: Annotated[int, typer.Option("--top-k", metavar="K", help="Show the K most likely labels.")] = 1,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per text, not a table.")] = False,
+    top_k: Annotated[
+        int, typer.Option("--top-k", metavar="K", help="Show the K most likely labels.")
+    ] = 1,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object per text, not a table.")
+    ] = False,
 ) -> None:
     """Label new texts with a trained model: TEXT arguments, or a file of texts (--file)."""
     from pipeline import predict as stage
 
-    _guard(
-        lambda: stage.run(
-            texts or [], file, model=model, vocab=vocab, text_field=text_field, top_k=top_k, as_json=as_json
-        )
-    )
+    options = dict(model=model, vocab=vocab, text_field=text_field, top_k=top_k, as_json=as_json)
+    _guard(lambda: stage.run(texts or [], file, **options))
 
 
 def main() -> None:

@@ -109,7 +109,7 @@ def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
     write_bytes(path, buffer.getvalue())
 
 
-CHECKPOINT_KEYS = ("model", "config", "labels", "vocab_sha256", "epoch", "best_val_loss")
+CHECKPOINT_KEYS = ("model", "config", "labels", "vocab_sha256", "encoding", "epoch", "best_val_loss")
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -1,0 +1,254 @@
+"""predict: labels new text with prepare's tokenizer and the checkpoint's own vocabulary.
+
+One tiny BiRNN is trained per module (a few seconds) and copied into each test's project, so a
+test that tampers with the model or the vocabulary leaves the others alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io as stdio
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_corpus, tiny_params_dict
+from typer.testing import CliRunner
+
+from pipeline import download, params as params_module, prepare, train
+from pipeline.cli import app
+from pipeline.models import predict_logits
+from pipeline.predict import load_classifier, probabilities
+from pipeline.text import tokenise
+from pipeline.train import load_split
+
+MODEL = Path("models/birnn.pt")
+VOCAB = Path("data/prepared/vocab.json")
+TRAIN_TEXTS = Path("data/prepared/train.jsonl")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """data/prepared and models/birnn.pt for the tiny corpus, trained until it fits it."""
+    root = tmp_path_factory.mktemp("trained")
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in make_corpus()))
+    params = params_module.parse(tiny_params_dict())
+    params = dataclasses.replace(
+        params,
+        train=dataclasses.replace(params.train, max_epochs=30, patience=30, lr=0.01),
+        birnn=dataclasses.replace(params.birnn, embed_dim=16, hidden_dim=16, dropout=0.2),
+    )
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(stdio.StringIO()):
+        mp.chdir(root)
+        download.run(params)
+        prepare.run(params)
+        train.run(params, "birnn")
+    return root
+
+
+@pytest.fixture
+def project(tiny_project, trained) -> Path:
+    for folder in ("data/prepared", "models"):
+        shutil.copytree(trained / folder, tiny_project / folder)
+    return tiny_project
+
+
+def _cli(*args: str, stdin: str | bytes | None = None):
+    return CliRunner().invoke(app, ["predict", *args], input=stdin)
+
+
+def _json(*args: str, stdin: str | None = None) -> list[dict]:
+    result = _cli("--json", *args, stdin=stdin)
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def _probs(rows: list[dict]) -> list[dict[str, float]]:
+    return [{t["label"]: t["probability"] for t in row["top_k"]} for row in rows]
+
+
+def _train_docs() -> list[dict]:
+    return [json.loads(line) for line in TRAIN_TEXTS.read_text(encoding="utf-8").splitlines()]
+
+
+def test_training_documents_get_their_labels(project):
+    docs = _train_docs()
+    rows = _json(*(d["text"] for d in docs))
+    assert [r["label"] for r in rows] == [d["label"] for d in docs]
+    # The readable table says the same.
+    result = _cli(docs[0]["text"])
+    assert result.exit_code == 0
+    assert docs[0]["label"] in result.stdout
+
+
+def test_the_table_shows_texts_as_written(project):
+    # Brackets in a text are not rich markup: "[/x]" would otherwise crash the table.
+    result = _cli("goal [/x] match", "[bold]market[/bold]", "--top-k", "2")
+    assert result.exit_code == 0, result.output
+    assert "goal [/x] match" in result.stdout and "[bold]market[/bold]" in result.stdout
+    assert "next most likely" in result.stdout
+
+
+def test_probabilities_match_the_prepared_arrays(project):
+    # Texts read back from a file go through prepare's tokenise -> encode path: the model sees
+    # exactly the ids that prepare wrote, so predict agrees with training's own forward pass.
+    clf = load_classifier(MODEL, VOCAB)
+    split = load_split("train")
+    expected = predict_logits(clf.model, split.ids, split.lengths, 64).double().softmax(-1)
+    rows = _json("--file", str(TRAIN_TEXTS), "--top-k", "3")
+    got = torch.tensor([[p[name] for name in clf.labels] for p in _probs(rows)]).double()
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+
+
+def test_json_lines_hold_sorted_top_k(project):
+    texts = ["the match goal team", "bank market shares profit", "chip computer phone"]
+    rows = _json("--top-k", "2", *texts)
+    assert [r["index"] for r in rows] == [1, 2, 3]
+    for row in rows:
+        probs = [t["probability"] for t in row["top_k"]]
+        assert len(probs) == 2
+        assert probs == sorted(probs, reverse=True)
+        assert sum(probs) <= 1.0
+        assert (row["label"], row["probability"]) == (row["top_k"][0]["label"], probs[0])
+    everything = _json("--top-k", "3", texts[0])[0]["top_k"]
+    assert sum(t["probability"] for t in everything) == pytest.approx(1.0, abs=1e-9)
+    assert {t["label"] for t in everything} == {"money", "sport", "tech"}
+
+
+def test_a_text_gets_the_same_probabilities_alone_or_in_a_batch(project):
+    docs = [d["text"] for d in _train_docs()]
+    # Lengths from one word to past max_len (24 tokens), so batches mix very different lengths.
+    texts = ["goal", docs[0], " ".join(docs[:4]), "market " * 40, docs[1]]
+    together = _probs(_json("--top-k", "3", *texts))
+    reversed_order = _probs(_json("--top-k", "3", *reversed(texts)))[::-1]
+    alone = [_probs(_json("--top-k", "3", t))[0] for t in texts]
+    for batch, rev, single in zip(together, reversed_order, alone):
+        for label in single:
+            assert batch[label] == pytest.approx(single[label], abs=1e-6)
+            assert rev[label] == pytest.approx(single[label], abs=1e-6)
+
+
+def test_long_texts_are_truncated_like_training(project):
+    # prepare.max_len is 24 with keep=head: words after the 24th must not change the answer.
+    head = " ".join(tokenise(" ".join(d["text"] for d in _train_docs()[:5]))[:24])
+    tail_a, tail_b = "bank market shares " * 20, "goal team coach " * 20
+    rows = _probs(_json("--top-k", "3", head, f"{head} {tail_a}", f"{head}, {tail_b}"))
+    for other in rows[1:]:
+        assert other == pytest.approx(rows[0], abs=1e-6)
+    short = _probs(_json("--top-k", "3", head.rsplit(" ", 1)[0]))[0]
+    assert short != pytest.approx(rows[0], abs=1e-6)  # the 24th word still counts
+
+
+def test_batches_run_in_parallel_come_back_in_input_order(project):
+    clf = load_classifier(MODEL, VOCAB)
+    docs = [d["text"] for d in _train_docs()]
+    texts = docs + [" ".join(docs[i : i + 3]) for i in range(0, len(docs), 3)]
+    one_batch, _ = probabilities(clf, texts, batch_size=len(texts), workers=1)
+    many_batches, _ = probabilities(clf, texts, batch_size=3, workers=4)
+    torch.testing.assert_close(many_batches, one_batch, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".csv", ".jsonl", "stdin"])
+def test_files_and_stdin_give_the_same_predictions_as_arguments(project, suffix):
+    texts = ["the match, a goal!", "Bank shares\u2028and profit", "chip \u201cdata\u201d app"]
+    if suffix == ".csv":
+        content = "id,body\n" + "".join(f'{i},"{t}"\n' for i, t in enumerate(texts))
+        args = ["--file", "in.csv", "--text-field", "body"]
+    elif suffix == ".jsonl":
+        content = "".join(json.dumps({"text": t}) + "\n" for t in texts)
+        args = ["--file", "in.jsonl"]
+    else:
+        content = "\r\n".join(texts) + "\r\n"
+        args = ["--file", "-" if suffix == "stdin" else "in.txt"]
+    if suffix != "stdin":
+        Path(args[1]).write_text(content, encoding="utf-8-sig")
+    stdin = content if suffix == "stdin" else None
+    assert _json(*args, stdin=stdin) == _json(*texts)
+
+
+def test_a_text_of_unknown_words_still_gets_a_label_and_a_note(project):
+    result = _cli("--json", "zyxx qwvv", "the match goal team")
+    assert result.exit_code == 0
+    assert len(result.stdout.splitlines()) == 2
+    assert "#1" in result.stderr and "#2" not in result.stderr
+    assert "note:" in _cli("?!").stderr  # no word at all: one <unk>, like prepare
+    assert _cli("the match goal team").stderr == ""
+
+
+def _write(name: str, data: str | bytes) -> str:
+    path = Path(name)
+    path.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+    return name
+
+
+BAD_INPUTS = {
+    "empty text": (lambda: ["good text", ""], "text 2"),
+    "whitespace text": (lambda: [" \t\n "], "empty"),
+    "blank line in a file": (lambda: ["--file", _write("in.txt", "goal\n \nmarket\n")], "in.txt:2"),
+    "missing model": (lambda: ["--model", "baseline", "goal"], "dvc repro"),
+    "missing model path": (lambda: ["--model", "nowhere.pt", "goal"], "not found"),
+    "missing file": (lambda: ["--file", "nowhere.txt"], "not found"),
+    "folder as file": (lambda: ["--file", "models"], "folder"),
+    "not UTF-8": (lambda: ["--file", _write("in.txt", b"caf\xe9 market\n")], "UTF-8"),
+    "csv without the field": (lambda: ["--file", _write("in.csv", "body\ngoal\n")], "'text'"),
+    "jsonl without the field": (lambda: ["--file", _write("in.jsonl", '{"body": "a"}')], "'text'"),
+    "jsonl not json": (lambda: ["--file", _write("in.jsonl", '{"text": "a"}\n{oo')], "in.jsonl:2"),
+    "no texts": (lambda: [], "no texts"),
+    "empty file": (lambda: ["--file", _write("in.txt", "")], "no texts"),
+    "csv header only": (lambda: ["--file", _write("in.csv", "text\n")], "no texts"),
+    "empty stdin": (lambda: ["--file", "-"], "no texts"),
+    "texts and a file": (lambda: ["--file", _write("in.txt", "goal\n"), "market"], "not both"),
+    "top-k zero": (lambda: ["--top-k", "0", "goal"], "--top-k"),
+    "top-k above classes": (lambda: ["--top-k", "4", "goal"], "between 1 and 3"),
+    "missing vocabulary": (lambda: ["--vocab", "nowhere.json", "goal"], "nowhere.json"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
+def test_bad_input_is_one_line_and_exit_code_2(project, case):
+    make_args, expected = BAD_INPUTS[case]
+    result = _cli(*make_args(), stdin="")
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert expected in result.stderr
+    assert "Traceback" not in result.output
+
+
+def _one_line_refusal(result, expected: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert expected in result.stderr and "Traceback" not in result.output
+
+
+class Payload:
+    """Unpickling this would run code: it creates the file `marker`."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+def test_a_checkpoint_holding_python_objects_is_refused_unrun(project):
+    ckpt = torch.load(MODEL, weights_only=True)
+    marker = project / "code-ran"
+    torch.save({**ckpt, "labels": Payload(marker)}, "models/pickled.pt")
+    _one_line_refusal(_cli("--model", "models/pickled.pt", "goal"), "refused")
+    assert not marker.exists()
+
+
+def test_a_checkpoint_with_another_vocabulary_is_refused(project):
+    ckpt = torch.load(MODEL, weights_only=True)
+    torch.save({**ckpt, "vocab_sha256": "0" * 64}, "models/tampered.pt")
+    assert _cli("--model", str(MODEL), "goal").exit_code == 0  # the original still loads
+    _one_line_refusal(_cli("--model", "models/tampered.pt", "goal"), "another vocabulary")
+
+    # A vocabulary that changed after training, though still a valid vocabulary, is refused too.
+    vocab = json.loads(VOCAB.read_text(encoding="utf-8"))
+    VOCAB.write_text(json.dumps({"tokens": [*vocab["tokens"], "newword"]}), encoding="utf-8")
+    _one_line_refusal(_cli("goal"), "another vocabulary")
