@@ -5,6 +5,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# dvc.yaml's stages call the `pipeline` console script, so the venv's bin must be on PATH.
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: install repro test bench clean
 

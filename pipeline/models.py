@@ -9,7 +9,7 @@ the padding, and the backward half has only seen the last token.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
@@ -36,7 +36,8 @@ class ModelConfig:
 
     @classmethod
     def from_params(cls, p: ModelParams, vocab_size: int, num_classes: int) -> ModelConfig:
-        return cls(vocab_size=vocab_size, num_classes=num_classes, **p.__dict__)
+        arch = {f.name: getattr(p, f.name) for f in fields(cls) if hasattr(p, f.name)}
+        return cls(vocab_size=vocab_size, num_classes=num_classes, **arch)
 
 
 class RNNClassifier(nn.Module):

@@ -115,6 +115,9 @@ class ModelParams:
     dropout: float
     word_dropout: float
     readout: Literal["final", "mean", "max"]
+    # Training-time, per model: stop on validation loss after train.patience epochs without
+    # improvement and keep the best epoch; false runs all train.max_epochs, like the seed's loop.
+    early_stopping: bool
 
     def validate(self, key: str) -> None:
         _check(self.embed_dim >= 1, f"{key}.embed_dim", "an integer >= 1")

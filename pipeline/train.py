@@ -2,8 +2,10 @@
 
 Mini-batch training (or full-batch when train.batch_size is null, like the seed's loop)
 with Adam/AdamW and gradient clipping. After every epoch the model is scored in eval mode
-on the training and validation splits; early stopping watches the validation loss and the
-best epoch's weights are the ones saved. Learning curves go to DVCLive's plots.
+on the training and validation splits. With the model's `early_stopping`, training stops
+once the validation loss has not improved for train.patience epochs and the best epoch's
+weights are the ones saved; without it every epoch runs and the last is kept. Learning
+curves go to DVCLive's plots.
 """
 
 from __future__ import annotations
@@ -115,9 +117,19 @@ class _Progress:
 
 
 def fit(
-    model: RNNClassifier, train: Split, val: Split, t: TrainParams, name: str, live=None
+    model: RNNClassifier,
+    train: Split,
+    val: Split,
+    t: TrainParams,
+    name: str,
+    early_stopping: bool = True,
+    live=None,
 ) -> dict:
-    """Train with early stopping on validation loss; restores the best epoch's weights."""
+    """Train; with early stopping on validation loss, the best epoch's weights are restored.
+
+    Without early stopping all t.max_epochs run and the last epoch is kept. Either way
+    "best_epoch" in the summary is the epoch whose weights the model holds on return.
+    """
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(t.seed)
     loader = DataLoader(
@@ -127,13 +139,14 @@ def fit(
         generator=generator,
     )
     optimizer = _make_optimizer(model, t)
-    best = {"epoch": 0, "val_loss": math.inf, "state": None}
+    kept = {"epoch": 0, "val_loss": math.inf, "state": None}
+    lowest_val_loss = math.inf
     tokens_total, seconds_total, epochs_run, bad_epochs = 0, 0.0, 0, 0
     progress = _Progress(name, t.max_epochs)
     try:
         for epoch in range(1, t.max_epochs + 1):
             start = time.perf_counter()
-            train_loss_running, tokens = train_one_epoch(model, loader, optimizer, t.grad_clip, device)
+            running_loss, tokens = train_one_epoch(model, loader, optimizer, t.grad_clip, device)
             seconds = time.perf_counter() - start
             train_m, val_m = evaluate(model, train), evaluate(model, val)
             tokens_total, seconds_total, epochs_run = tokens_total + tokens, seconds_total + seconds, epoch
@@ -141,27 +154,28 @@ def fit(
                 for split, m in (("train", train_m), ("val", val_m)):
                     live.log_metric(f"{split}/loss", m["loss"], plot=True)
                     live.log_metric(f"{split}/accuracy", m["accuracy"], plot=True)
+                # The train-mode mean over the epoch's batches (dropout on, weights moving).
+                live.log_metric("train/running_loss", running_loss, plot=True)
                 live.log_metric("seconds_per_epoch", seconds)
                 live.next_step()
-            improved = val_m["loss"] < best["val_loss"]
-            if improved:
-                best = {"epoch": epoch, "val_loss": val_m["loss"], "state": copy.deepcopy(model.state_dict())}
-                bad_epochs = 0
-            else:
-                bad_epochs += 1
+            improved = val_m["loss"] < lowest_val_loss
+            lowest_val_loss = min(lowest_val_loss, val_m["loss"])
+            bad_epochs = 0 if improved else bad_epochs + 1
+            if improved or not early_stopping:
+                kept = {"epoch": epoch, "val_loss": val_m["loss"], "state": copy.deepcopy(model.state_dict())}
             progress.epoch(
                 f"{name} epoch {epoch:3d}  train loss {train_m['loss']:.4f} acc {train_m['accuracy']:.4f}"
                 f"  val loss {val_m['loss']:.4f} acc {val_m['accuracy']:.4f}  {seconds:.1f}s"
                 + ("  *" if improved else "")
             )
-            if bad_epochs >= t.patience:
+            if early_stopping and bad_epochs >= t.patience:
                 break
     finally:
         progress.close()
-    model.load_state_dict(best["state"])
+    model.load_state_dict(kept["state"])
     return {
-        "best_epoch": best["epoch"],
-        "best_val_loss": best["val_loss"],
+        "best_epoch": kept["epoch"],
+        "best_val_loss": kept["val_loss"],
         "epochs_run": epochs_run,
         "train_seconds": round(seconds_total, 3),
         "tokens_per_second": round(tokens_total / seconds_total, 1) if seconds_total else 0.0,
@@ -183,7 +197,7 @@ def run(params: Params, name: str) -> None:
     from dvclive import Live
 
     with Live(dir=f"dvclive/{name}", save_dvc_exp=False, dvcyaml=None) as live:
-        summary = fit(model, train, val, t, name, live)
+        summary = fit(model, train, val, t, name, mp.early_stopping, live)
     checkpoint = {
         "model": {k: v.cpu() for k, v in model.state_dict().items()},
         "config": asdict(cfg),
