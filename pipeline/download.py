@@ -164,15 +164,7 @@ def _csv_rows(fh: IO[str], cfg: DownloadParams, where: str) -> Iterator[Row]:
 
 
 def _jsonl_rows(fh: IO[str], cfg: DownloadParams, where: str) -> Iterator[Row]:
-    for number, line in enumerate(fh, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{where}: line {number}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{where}: line {number}: expected a JSON object")
+    for number, row in io.jsonl_objects(fh, where):
         text, label = row.get(cfg.text_field), row.get(cfg.label_field)
         if text is not None and not isinstance(text, str):
             raise UserError(f"{where}: line {number}: {cfg.text_field!r} must be a string")

@@ -15,7 +15,7 @@ import tempfile
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -64,6 +64,20 @@ def read_json(path: str | Path, what: str) -> Any:
         raise UserError(f"{path}: {what} not found; run `dvc repro` first") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"{path}: {what} is not readable JSON ({exc})") from None
+
+
+def jsonl_objects(lines: Iterable[str], where: str) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; bad JSON or a non-object is a UserError."""
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{where}: line {number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{where}: line {number}: expected a JSON object")
+        yield number, row
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -205,18 +205,10 @@ def _csv_texts(content: str, where: str, field: str) -> list[str]:
 
 
 def _jsonl_texts(content: str, where: str, field: str) -> list[str]:
-    texts = []
-    for number, line in enumerate(_lines(content), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{where}:{number}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{where}:{number}: expected a JSON object with a {field!r} field")
-        texts.append(_checked(row.get(field), f"{where}:{number}", field))
-    return texts
+    return [
+        _checked(row.get(field), f"{where}:{number}", field)
+        for number, row in io.jsonl_objects(_lines(content), where)
+    ]
 
 
 def read_texts(source: str, text_field: str | None = None) -> list[str]:

@@ -37,15 +37,9 @@ def read_corpus(path: Path) -> list[tuple[str, str]]:
     except UnicodeDecodeError:
         raise UserError(f"{path}: corpus is not UTF-8; rerun `pipeline download`") from None
     docs = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise UserError(f"{path}:{number}: not a JSON object") from None
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not isinstance(
-            row.get("label"), str
-        ):
-            raise UserError(f'{path}:{number}: expected {{"text": str, "label": str}}')
+    for number, row in io.jsonl_objects(lines, str(path)):
+        if not isinstance(row.get("text"), str) or not isinstance(row.get("label"), str):
+            raise UserError(f'{path}: line {number}: expected {{"text": str, "label": str}}')
         docs.append((row["text"], row["label"]))
     if not docs:
         raise UserError(f"{path}: corpus is empty")

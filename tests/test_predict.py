@@ -195,7 +195,7 @@ BAD_INPUTS = {
     "not UTF-8": (lambda: ["--file", _write("in.txt", b"caf\xe9 market\n")], "UTF-8"),
     "csv without the field": (lambda: ["--file", _write("in.csv", "body\ngoal\n")], "'text'"),
     "jsonl without the field": (lambda: ["--file", _write("in.jsonl", '{"body": "a"}')], "'text'"),
-    "jsonl not json": (lambda: ["--file", _write("in.jsonl", '{"text": "a"}\n{oo')], "in.jsonl:2"),
+    "jsonl not json": (lambda: ["--file", _write("in.jsonl", '{"text": "a"}\n{oo')], "in.jsonl: line 2: not valid JSON"),
     "no texts": (lambda: [], "no texts"),
     "empty file": (lambda: ["--file", _write("in.txt", "")], "no texts"),
     "csv header only": (lambda: ["--file", _write("in.csv", "text\n")], "no texts"),

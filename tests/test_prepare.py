@@ -126,5 +126,5 @@ def test_cli_corrupt_corpus_line_exits_2_and_writes_nothing(tiny_project):
     Path("data/raw").mkdir(parents=True)
     Path("data/raw/corpus.jsonl").write_text('{"text": "a", "label": "x"}\n{oops\n')
     result = CliRunner().invoke(app, ["prepare"])
-    assert result.exit_code == 2 and "corpus.jsonl:2: not a JSON object" in result.output
+    assert result.exit_code == 2 and "corpus.jsonl: line 2: not valid JSON" in result.output
     assert not Path("data/prepared").exists()
