@@ -108,7 +108,7 @@ class _Progress:
         if self.bar is None:
             print(line, flush=True)
         else:
-            self.bar.console.print(line)
+            self.bar.console.print(line, markup=False, highlight=False, soft_wrap=True)
             self.bar.advance(self.task)
 
     def close(self) -> None:
@@ -164,9 +164,9 @@ def fit(
             if improved or not early_stopping:
                 kept = {"epoch": epoch, "val_loss": val_m["loss"], "state": copy.deepcopy(model.state_dict())}
             progress.epoch(
-                f"{name} epoch {epoch:3d}  train loss {train_m['loss']:.4f} acc {train_m['accuracy']:.4f}"
-                f"  val loss {val_m['loss']:.4f} acc {val_m['accuracy']:.4f}  {seconds:.1f}s"
-                + ("  *" if improved else "")
+                f"{name} epoch {epoch:3d}/{t.max_epochs}  train loss {train_m['loss']:.4f} "
+                f"acc {train_m['accuracy']:.3f} | val loss {val_m['loss']:.4f} "
+                f"acc {val_m['accuracy']:.3f} | {seconds:.1f}s" + (" *" if improved else "")
             )
             if early_stopping and bad_epochs >= t.patience:
                 break
