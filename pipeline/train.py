@@ -151,6 +151,7 @@ def fit(
             train_m, val_m = evaluate(model, train), evaluate(model, val)
             tokens_total, seconds_total, epochs_run = tokens_total + tokens, seconds_total + seconds, epoch
             if live is not None:
+                live.step = epoch  # the plots' x axis counts epochs from 1, like the log lines
                 for split, m in (("train", train_m), ("val", val_m)):
                     live.log_metric(f"{split}/loss", m["loss"], plot=True)
                     live.log_metric(f"{split}/accuracy", m["accuracy"], plot=True)

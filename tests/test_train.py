@@ -31,6 +31,7 @@ def test_tiny_end_to_end_train_through_the_cli(prepared):
     assert summary["trainable_parameters"] > 0 and summary["tokens_per_second"] > 0
     history = Path("dvclive/birnn/plots/metrics/val/accuracy.tsv").read_text().splitlines()
     assert len(history) == 1 + 3  # header and one row per epoch
+    assert [row.split("\t")[0] for row in history[1:]] == ["1", "2", "3"]  # x axis = epoch
     assert "birnn epoch   1/3  train loss" in result.output
 
 
