@@ -19,6 +19,7 @@ from conftest import make_corpus, tiny_params_dict
 from typer.testing import CliRunner
 
 from pipeline import download, params as params_module, prepare, train
+from pipeline import predict as predict_module
 from pipeline.cli import app
 from pipeline.models import predict_logits
 from pipeline.predict import load_classifier, probabilities
@@ -84,12 +85,23 @@ def test_training_documents_get_their_labels(project):
     assert docs[0]["label"] in result.stdout
 
 
-def test_the_table_shows_texts_as_written(project):
-    # Brackets in a text are not rich markup: "[/x]" would otherwise crash the table.
-    result = _cli("goal [/x] match", "[bold]market[/bold]", "--top-k", "2")
+def test_piped_output_is_tab_separated_lines(project):
+    result = _cli("goal  match\tscore", "bank market", "--top-k", "2")
     assert result.exit_code == 0, result.output
-    assert "goal [/x] match" in result.stdout and "[bold]market[/bold]" in result.stdout
-    assert "next most likely" in result.stdout
+    lines = [line.split("\t") for line in result.stdout.splitlines()]
+    assert lines[0] == ["#", "text", "label", "probability", "next most likely"]
+    assert [row[:2] for row in lines[1:]] == [["1", "goal match score"], ["2", "bank market"]]
+    assert lines[1][2] == "sport" and float(lines[1][3]) > 0.2
+
+
+def test_the_table_shows_texts_as_written(project, capsys):
+    # Brackets in a text are not rich markup: "[/x]" would otherwise crash the table.
+    clf = load_classifier(MODEL, VOCAB)
+    texts = ["goal [/x] match", "[bold]market[/bold]"]
+    predict_module._print_table(list(predict_module.predict(clf, texts, 2)), texts, 2)
+    out = capsys.readouterr().out
+    assert "goal [/x] match" in out and "[bold]market[/bold]" in out
+    assert "next most likely" in out
 
 
 def test_probabilities_match_the_prepared_arrays(project):
