@@ -130,3 +130,13 @@ def test_missing_prepared_data_exits_2(tiny_project):
     result = CliRunner().invoke(app, ["train", "baseline"])
     assert result.exit_code == 2
     assert "run `dvc repro prepare` first" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present here")
+def test_asking_for_cuda_without_a_device_exits_2(prepared):
+    raw = Path("params.yaml").read_text().replace("device: auto", "device: cuda")
+    Path("cuda.yaml").write_text(raw)
+    result = CliRunner().invoke(app, ["train", "birnn", "--params", "cuda.yaml"])
+    assert result.exit_code == 2
+    assert "train.device: cuda was asked for but no CUDA device is available" in result.output
+    assert not Path("models/birnn.pt").exists()
