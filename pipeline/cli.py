@@ -44,7 +44,10 @@ def _guard(work: Callable[[], T]) -> T:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
-        typer.echo("interrupted; rerun the command (every file it wrote is complete, none half-written)", err=True)
+        typer.echo(
+            "interrupted; rerun the command (every file it wrote is complete, none half-written)",
+            err=True,
+        )
         raise typer.Exit(130) from None
 
 
