@@ -15,7 +15,6 @@ Writes, each atomically and only after everything was computed:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -97,11 +96,12 @@ def read_texts(split: str, label_ids: dict[str, int], expected: torch.Tensor) ->
     """The split's original texts; their labels must match the .npz row for row."""
     path = PREPARED / f"{split}.jsonl"
     try:
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise UserError(f"{path}: not found; run `dvc repro prepare`") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: not readable JSON lines ({exc}); rerun `pipeline prepare`") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not readable text ({exc}); rerun `pipeline prepare`") from None
+    rows = [row for _, row in io.jsonl_objects(lines, str(path))]
     try:
         texts = [row["text"] for row in rows]
         ids = [label_ids[row["label"]] for row in rows]
