@@ -34,7 +34,7 @@ from pipeline.errors import UserError
 from pipeline.models import ModelConfig, RNNClassifier, count_parameters, predict_logits
 from pipeline.params import MODELS, Params, ReferenceParams
 from pipeline.text import tokenise
-from pipeline.train import load_split
+from pipeline.data import load_split
 
 PREPARED = Path("data/prepared")
 MODELS_DIR = Path("models")

@@ -14,35 +14,18 @@ import copy
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from pipeline import io
 from pipeline.errors import UserError
-from pipeline.models import ModelConfig, RNNClassifier, count_parameters, predict_logits
+from pipeline.data import PREPARED, Split, bucketed_batches, load_split, score
+from pipeline.models import ModelConfig, RNNClassifier, count_parameters
 from pipeline.params import Params, TrainParams
 
-PREPARED = Path("data/prepared")
-EVAL_BATCH = 256
-
-
-@dataclass(frozen=True)
-class Split:
-    ids: torch.Tensor  # (N, T) int64
-    lengths: torch.Tensor  # (N,) int64
-    labels: torch.Tensor  # (N,) int64
-
-
-def load_split(name: str, folder: Path = PREPARED) -> Split:
-    arrays = io.load_arrays(folder / f"{name}.npz", ("ids", "lengths", "labels"))
-    split = Split(*(torch.from_numpy(arrays[k]).long() for k in ("ids", "lengths", "labels")))
-    if len(split.ids) == 0:
-        raise UserError(f"{folder / name}.npz: the {name} split is empty")
-    return split
 
 
 def pick_device(choice: str) -> torch.device:
@@ -55,17 +38,18 @@ def pick_device(choice: str) -> torch.device:
 
 def train_one_epoch(
     model: RNNClassifier,
-    loader: DataLoader,
+    train: Split,
+    batches: list[torch.Tensor],
     optimizer: torch.optim.Optimizer,
     grad_clip: float | None,
     device: torch.device,
 ) -> tuple[float, int]:
-    """One pass over the loader; returns the mean train-mode loss and the real tokens seen."""
+    """One pass over the batches; returns the mean train-mode loss and the real tokens seen."""
     model.train()
     criterion = nn.CrossEntropyLoss()
     loss_total, seen, tokens = 0.0, 0, 0
-    for ids, lengths, labels in loader:
-        ids = ids[:, : int(lengths.max())]  # drop columns that are padding for the whole batch
+    for index in batches:
+        ids, lengths, labels = train.batch(index)
         optimizer.zero_grad(set_to_none=True)
         batch_loss = criterion(model(ids.to(device), lengths), labels.to(device))
         batch_loss.backward()
@@ -76,15 +60,6 @@ def train_one_epoch(
         seen += len(labels)
         tokens += int(lengths.sum())
     return loss_total / seen, tokens
-
-
-@torch.no_grad()
-def evaluate(model: RNNClassifier, split: Split, batch_size: int = EVAL_BATCH) -> dict[str, float]:
-    """Eval-mode loss and accuracy on a whole split."""
-    logits = predict_logits(model, split.ids, split.lengths, batch_size)
-    loss = nn.functional.cross_entropy(logits, split.labels).item()
-    accuracy = (logits.argmax(1) == split.labels).float().mean().item()
-    return {"loss": loss, "accuracy": accuracy}
 
 
 def _make_optimizer(model: nn.Module, t: TrainParams) -> torch.optim.Optimizer:
@@ -132,12 +107,6 @@ def fit(
     """
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(t.seed)
-    loader = DataLoader(
-        TensorDataset(train.ids, train.lengths, train.labels),
-        batch_size=t.batch_size or len(train.ids),
-        shuffle=True,
-        generator=generator,
-    )
     optimizer = _make_optimizer(model, t)
     kept = {"epoch": 0, "val_loss": math.inf, "state": None}
     lowest_val_loss = math.inf
@@ -146,9 +115,10 @@ def fit(
     try:
         for epoch in range(1, t.max_epochs + 1):
             start = time.perf_counter()
-            running_loss, tokens = train_one_epoch(model, loader, optimizer, t.grad_clip, device)
+            batches = bucketed_batches(train.lengths, t.batch_size, generator)
+            running_loss, tokens = train_one_epoch(model, train, batches, optimizer, t.grad_clip, device)
             seconds = time.perf_counter() - start
-            train_m, val_m = evaluate(model, train), evaluate(model, val)
+            train_m, val_m = score(model, train), score(model, val)
             tokens_total, seconds_total, epochs_run = tokens_total + tokens, seconds_total + seconds, epoch
             if live is not None:
                 live.step = epoch  # the plots' x axis counts epochs from 1, like the log lines

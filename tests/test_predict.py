@@ -24,7 +24,7 @@ from pipeline.cli import app
 from pipeline.models import predict_logits
 from pipeline.predict import load_classifier, probabilities
 from pipeline.text import tokenise
-from pipeline.train import load_split
+from pipeline.data import load_split
 
 MODEL = Path("models/birnn.pt")
 VOCAB = Path("data/prepared/vocab.json")

@@ -95,17 +95,17 @@ def test_same_params_give_identical_checkpoint_and_metrics(prepared):
 def test_early_stopping_restores_the_best_epoch(prepared, monkeypatch):
     val_losses = iter([1.0, 0.5, 0.7, 0.9, 0.1])
     snapshots = []
-    real_evaluate = train.evaluate
+    real_score = train.score
 
-    def scripted(model, split, batch_size=train.EVAL_BATCH):
-        metrics = real_evaluate(model, split, batch_size)
+    def scripted(model, split):
+        metrics = real_score(model, split)
         if split is scripted.val:
             snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
             metrics["loss"] = next(val_losses)
         return metrics
 
     scripted.val = train.load_split("val")
-    monkeypatch.setattr(train, "evaluate", scripted)
+    monkeypatch.setattr(train, "score", scripted)
     monkeypatch.setattr(train, "load_split", lambda name: scripted.val if name == "val" else train_split)
     train_split = train.Split(*(getattr(scripted.val, k) for k in ("ids", "lengths", "labels")))
     params = dataclasses.replace(prepared, train=dataclasses.replace(prepared.train, max_epochs=10, patience=2))

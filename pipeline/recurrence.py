@@ -1,0 +1,134 @@
+"""A fast, exact tanh RNN over padded batches: both directions in one pass, hand-written BPTT.
+
+`nn.RNN` over packed sequences is exact but slow on a CPU: packing is costly and autograd
+records every time step. Here a batch stays padded and time-major, and
+
+- the backward direction reads each text reversed in place (its real tokens first, its
+  padding last), so for both directions the real steps come before the padding and no
+  real state ever depends on a pad;
+- the states live as (D, T, B, H): each direction's time steps are contiguous, and the
+  directions (and slices of the batch) run side by side on the CPU's threads;
+- `TanhRecurrence` stores the states of the forward pass and pushes gradients back
+  through W_hh step by step, then forms dW_hh in one GEMM per direction after the loop;
+- the time loop runs in C++ (pipeline/csrc/recurrence.cpp, compiled on first use), with
+  the same loop in PyTorch as the fallback where no compiler is available.
+
+The weights stay the `nn.RNN` module's own parameters (same names, same count), so a
+checkpoint does not depend on which path ran. Outputs at padded steps are garbage by
+design; every readout masks them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def _compiled():
+    """The C++ time loop (pipeline/csrc/recurrence.cpp), built once per machine; None if it cannot be."""
+    global _KERNEL
+    if _KERNEL is None:
+        _KERNEL = False
+        if os.environ.get("PIPELINE_PURE_PYTORCH") != "1":
+            try:
+                from torch.utils.cpp_extension import load
+
+                _KERNEL = load(name="pipeline_recurrence", sources=[str(_SOURCE)], extra_cflags=["-O2"])
+            except Exception as exc:  # no compiler, no ninja, a read-only cache: slower, same maths
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                print(f"note: C++ recurrence unavailable ({first[:120]}); using the PyTorch loop", file=sys.stderr)
+    return _KERNEL or None
+
+
+_SOURCE = Path(__file__).with_name("csrc") / "recurrence.cpp"
+_KERNEL = None
+
+
+class TanhRecurrence(torch.autograd.Function):
+    """h_t = tanh(pre_t + h_{t-1} W_d^T), h_0 = 0, for pre (D, T, B, H) and weight (D, H, H)."""
+
+    @staticmethod
+    def forward(ctx, pre: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        # pre is a fresh buffer from fused_rnn, and no other op's backward needs it: the
+        # states are written into it in place, saving a (D, T, B, H) copy.
+        kernel = _compiled() if pre.device.type == "cpu" else None
+        if kernel is not None:
+            kernel.forward_(pre, weight, torch.get_num_threads())
+        else:
+            # The same arithmetic as the C++ loop: tanh(z) = 2 sigmoid(2z) - 1 on s = (h + 1) / 2.
+            pre.mul_(2).sub_(weight.sum(2).mul(2)[:, None, None, :])
+            steps, w4_t = pre.unbind(1), weight.mul(4).transpose(1, 2)  # steps[t]: (D, B, H)
+            prev = torch.full_like(steps[0], 0.5)
+            for step in steps:
+                prev = step.baddbmm_(prev, w4_t).sigmoid_()
+            pre.mul_(2).sub_(1)
+        ctx.mark_dirty(pre)
+        ctx.save_for_backward(pre, weight)
+        return pre
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out, weight = ctx.saved_tensors
+        slope = torch.addcmul(torch.ones_like(out), out, out, value=-1)  # tanh' = 1 - h^2
+        kernel = _compiled() if out.device.type == "cpu" else None
+        if kernel is not None:
+            grad = kernel.backward(grad_out, slope, weight, torch.get_num_threads())
+        else:
+            # grad becomes dL/dpre in place: g_t = (dL/dh_t + g_{t+1} W) * (1 - h_t^2).
+            grad = grad_out.clone(memory_format=torch.contiguous_format)
+            g, s = grad.unbind(1), slope.unbind(1)
+            g[-1].mul_(s[-1])
+            for t in range(len(g) - 1, 0, -1):
+                g[t - 1].baddbmm_(g[t], weight).mul_(s[t - 1])
+        # dW_d = sum_t g_t^T h_{t-1}: every step at once, one GEMM per direction.
+        directions, hidden = out.size(0), out.size(-1)
+        grads = grad[:, 1:].reshape(directions, -1, hidden)
+        states = out[:, :-1].reshape(directions, -1, hidden)
+        return grad, grads.transpose(1, 2) @ states
+
+
+def reversal_index(lengths: torch.Tensor, steps: int) -> torch.Tensor:
+    """(T, B) time index that reverses each text's real steps and leaves its padding in place."""
+    t = torch.arange(steps, device=lengths.device)[:, None]  # (T, 1)
+    n = lengths.to(t.device)[None, :]  # (1, B)
+    return torch.where(t < n, n - 1 - t, t)
+
+
+def _reverse(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Reverse each text of time-major x (T, B, F) with a reversal_index."""
+    return x.gather(0, index[..., None].expand_as(x))
+
+
+def fused_rnn(
+    rnn: nn.RNN, x: torch.Tensor, lengths: torch.Tensor, dropout: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """Run `rnn` (tanh) over time-major x (T, B, E), each text padded after its end.
+
+    Returns the top layer's states (D, T, B, H). Direction 1, if any, is in reversed time:
+    at step t < length it has read the text's last t + 1 tokens. So in both directions step
+    length - 1 holds the final state, and pooling over the real steps needs no re-alignment.
+    `dropout` acts between stacked layers, as in nn.RNN.
+    """
+    directions = 2 if rnn.bidirectional else 1
+    index = reversal_index(lengths, x.size(0)) if directions == 2 else None
+    out = x
+    for layer in range(rnn.num_layers):
+        if layer > 0:
+            # The next layer reads both directions in text order: (T, B, D * H).
+            halves = [out[0]] if index is None else [out[0], _reverse(out[1], index)]
+            x = dropout(torch.cat(halves, dim=-1))
+        suffixes = [f"_l{layer}", f"_l{layer}_reverse"][:directions]
+        steps, batch, features = x.shape
+        inputs = [x] if index is None else [x, _reverse(x, index)]  # each direction's reading order
+        w_ih = torch.stack([getattr(rnn, "weight_ih" + s) for s in suffixes])  # (D, H, in)
+        bias = torch.stack([getattr(rnn, "bias_ih" + s) + getattr(rnn, "bias_hh" + s) for s in suffixes])
+        flat = torch.stack(inputs).view(directions, steps * batch, features)  # (D, T*B, in)
+        pre = torch.baddbmm(bias[:, None, :], flat, w_ih.transpose(1, 2))  # (D, T*B, H)
+        w_hh = torch.stack([getattr(rnn, "weight_hh" + s) for s in suffixes])  # (D, H, H)
+        out = TanhRecurrence.apply(pre.view(directions, steps, batch, -1), w_hh)  # (D, T, B, H)
+    return out
