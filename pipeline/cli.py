@@ -34,6 +34,7 @@ T = TypeVar("T")
 class ModelName(str, Enum):
     baseline = "baseline"
     birnn = "birnn"
+    stacked = "stacked"
 
 
 def _guard(work: Callable[[], T]) -> T:
@@ -51,7 +52,7 @@ def _guard(work: Callable[[], T]) -> T:
         raise typer.Exit(130) from None
 
 
-def _run_stage(stage: str, params: Path, sections: tuple[str, ...], *args: str) -> None:
+def _run_stage(stage: str, params: Path, sections: tuple[str, ...], *args: object) -> None:
     """Validate params first, then import the stage (torch and friends load only when needed)."""
 
     def work() -> None:
@@ -78,22 +79,32 @@ def prepare(params: ParamsPath = Path("params.yaml")) -> None:
 @app.command()
 def train(
     model: Annotated[ModelName, typer.Argument(help="Which model section of params.yaml to train.")],
+    seed: Annotated[int, typer.Option("--seed", help="One of train.seeds in params.yaml.")],
     params: ParamsPath = Path("params.yaml"),
 ) -> None:
-    """Train the baseline RNN or the BiRNN into models/<model>.pt with learning curves."""
-    _run_stage("train", params, ("train", model.value), model.value)
+    """Train one run of a model: models/<model>/seed<S>.pt with its learning curves and summary."""
+    _run_stage("train", params, ("train", model.value), model.value, seed)
+
+
+@app.command()
+def publish(
+    model: Annotated[ModelName, typer.Argument(help="Which model to publish.")],
+    params: ParamsPath = Path("params.yaml"),
+) -> None:
+    """Copy the first seed's run of a model to models/<model>.pt, the checkpoint predict serves."""
+    _run_stage("publish", params, ("train",), model.value)
 
 
 @app.command()
 def evaluate(params: ParamsPath = Path("params.yaml")) -> None:
     """Score every model and the TF-IDF reference on train/val/test into metrics/."""
-    _run_stage("evaluate", params, ("evaluate",))
+    _run_stage("evaluate", params, ("evaluate", "train"))
 
 
 @app.command()
 def compare(params: ParamsPath = Path("params.yaml")) -> None:
     """Check the seed's targets, test BiRNN vs. baseline, write metrics/compare.json and report.md."""
-    _run_stage("compare", params, ("compare",))
+    _run_stage("compare", params, ("compare", "train"))
 
 
 @app.command()

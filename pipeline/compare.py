@@ -1,36 +1,43 @@
-"""compare stage: metrics/ -> metrics/compare.json and metrics/report.md.
+"""compare stage: metrics/scores/, metrics/train/, metrics/predictions/ -> compare.json, details.json, report.md.
 
-Reads evaluate's scores (metrics/{baseline,birnn,reference}.json), the training summaries
-(metrics/train_{baseline,birnn}.json) and the test predictions (metrics/predictions/), then
-- checks the seed's targets on the BiRNN (`compare.targets`) and the issue's size rule
-  (BiRNN parameters <= compare.targets.max_parameter_ratio x baseline);
-- reports each model's generalisation gap (train - val accuracy) and the BiRNN - baseline
-  deltas per split and metric;
-- runs McNemar's exact test of BiRNN vs. baseline on the test set.
+Every model was trained once per seed of train.seeds; this stage
+- summarises each model across its seeds: mean, standard deviation, min and max of the
+  train/val/test accuracy, loss and macro-F1 and of the generalisation gap (train - val accuracy);
+- checks the seed's targets on the BiRNN and on the stacked BiRNN (`compare.targets`), each on
+  the mean and seed by seed, with the size rule (parameters <= max_parameter_ratio x baseline);
+- tests BiRNN against baseline and stacked against BiRNN with a paired t-test across seeds
+  (run s of one model against run s of the other), and BiRNN against baseline with McNemar's
+  exact test on the test predictions of the served seed.
 
-A missed target is a result, not an error: the stage fails only on missing or malformed inputs.
+metrics/compare.json holds the headline figures only, for `dvc metrics diff`; everything else
+goes to metrics/details.json and metrics/report.md. A missed target is a result, not an error:
+the stage fails only on missing or malformed inputs.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
+import statistics
 from typing import Any
 
-from pipeline import io
+from pipeline import io, layout
 from pipeline.errors import UserError
 from pipeline.params import MODELS, Params, Targets
 
-METRICS = Path("metrics")
-PREDICTIONS = METRICS / "predictions"
+SCORES_DIR = layout.METRICS / "scores"
+PREDICTIONS = layout.METRICS / "predictions"
 SPLITS = ("train", "val", "test")
 SCORES = ("accuracy", "loss", "macro_f1")
+REFERENCES = ("reference", "reference_tokens")
+CHECKED = ("birnn", "stacked")  # the models the seed's targets apply to
 ALPHA = 0.05
 DIGITS = 6
 NAMES = {
-    "baseline": "Before: baseline RNN (unidirectional)",
-    "birnn": "After: BiRNN (bidirectional + dropout)",
-    "reference": "Reference: TF-IDF + logistic regression",
+    "baseline": "Before: RNN, unidirectional, no dropout",
+    "birnn": "After: BiRNN with dropout",
+    "stacked": "Bonus: stacked BiRNN (2 layers)",
+    "reference": "Reference: TF-IDF + logistic regression, whole articles",
+    "reference_tokens": "Reference: TF-IDF + logistic regression, the RNNs' tokens (same truncation and vocabulary)",
 }
 
 
@@ -42,10 +49,8 @@ def mcnemar_exact(b: int, c: int) -> dict[str, Any]:
     """McNemar's exact test on the discordant pairs b and c: two-sided binomial, p = 1/2.
 
     Under the null each discordant pair is a fair coin, so p = 2 P(X <= min(b, c)) for
-    X ~ Binomial(b + c, 1/2), capped at 1; this equals scipy.stats.binomtest's two-sided
-    p-value, computed exactly with integers (and without scipy's 2 s import in every run).
-    The statistic is min(b, c), as in statsmodels' exact variant. With no discordant pair
-    the two models cannot be told apart and p is 1.
+    X ~ Binomial(b + c, 1/2), capped at 1, computed exactly with integers. The statistic is
+    min(b, c), as in statsmodels' exact variant. With no discordant pair p is 1.
     """
     n, k = b + c, min(b, c)
     tail = sum(math.comb(n, i) for i in range(k + 1))
@@ -54,163 +59,157 @@ def mcnemar_exact(b: int, c: int) -> dict[str, Any]:
     return {"b": b, "c": c, "statistic": k, "p_value": float(f"{p_value:.6g}")}
 
 
-def _number(data: Any, keys: tuple[str, ...], path: Path) -> float:
+def paired_t(after: list[float], before: list[float]) -> dict[str, Any]:
+    """Paired t-test of after - before across seeds; p is None where it is undefined."""
+    diffs = [a - b for a, b in zip(after, before)]
+    mean = statistics.fmean(diffs)
+    result: dict[str, Any] = {"mean_difference": _round(mean), "seeds": len(diffs), "t": None, "p_value": None}
+    if len(diffs) < 2:
+        return result
+    sd = statistics.stdev(diffs)
+    if sd == 0:  # every seed moved by the same amount: no spread to test against
+        result["p_value"] = 1.0 if mean == 0 else 0.0
+        return result
+    from scipy import stats  # imported here: 2 s, and only this test needs it
+
+    t = mean / (sd / math.sqrt(len(diffs)))
+    p = 2 * stats.t.sf(abs(t), df=len(diffs) - 1)
+    return result | {"t": _round(t), "p_value": float(f"{p:.6g}")}
+
+
+def _number(data: Any, keys: tuple[str, ...], path) -> float:
     for key in keys:
         data = data.get(key) if isinstance(data, dict) else None
-    if not isinstance(data, (int, float)) or isinstance(data, bool):
-        raise UserError(f"{path}: no number at {'.'.join(keys)}; rerun `dvc repro`")
+    if not isinstance(data, (int, float)) or isinstance(data, bool) or not math.isfinite(data):
+        raise UserError(f"{path}: no finite number at {'.'.join(keys)}; rerun `dvc repro`")
     return data
 
 
-def read_scores(name: str) -> dict[str, dict[str, float]]:
-    """{split: {accuracy, loss, macro_f1}} from metrics/<name>.json."""
-    path = METRICS / f"{name}.json"
-    data = io.read_json(path, "evaluation metrics")
-    return {s: {m: _number(data, (s, m), path) for m in SCORES} for s in SPLITS}
+def read_scores(name: str, seeds: tuple[int, ...]) -> tuple[dict[str, dict], int]:
+    """({seed: {split: {accuracy, loss, macro_f1}}}, trainable parameters) from metrics/scores/<name>.json."""
+    path = SCORES_DIR / f"{name}.json"
+    data = io.read_json(path, "evaluation scores")
+    runs = data.get("seeds") if isinstance(data, dict) else None
+    keys = [str(s) for s in seeds] if name not in REFERENCES else ["0"]
+    if not isinstance(runs, dict) or any(k not in runs for k in keys):
+        raise UserError(f"{path}: no scores for seeds {', '.join(keys)}; rerun `pipeline evaluate`")
+    scores = {k: {s: {m: _number(runs[k], (s, m), path) for m in SCORES} for s in SPLITS} for k in keys}
+    return scores, int(_number(data, ("trainable_parameters",), path))
 
 
-def read_training(name: str) -> dict[str, int]:
-    path = METRICS / f"train_{name}.json"
+def read_training(name: str, seed: int) -> dict[str, int]:
+    path = layout.run_summary(name, seed)
     data = io.read_json(path, "training summary")
-    keys = ("trainable_parameters", "best_epoch", "epochs_run")
-    return {k: int(_number(data, (k,), path)) for k in keys}
+    return {k: int(_number(data, (k,), path)) for k in ("best_epoch", "epochs_run")}
 
 
 def read_predictions(name: str) -> list[tuple[str, str]]:
     path = PREDICTIONS / f"{name}.json"
     data = io.read_json(path, "test predictions")
     if not isinstance(data, list) or not all(
-        isinstance(row, dict)
-        and isinstance(row.get("actual"), str)
-        and isinstance(row.get("predicted"), str)
+        isinstance(row, dict) and isinstance(row.get("actual"), str) and isinstance(row.get("predicted"), str)
         for row in data
     ):
         raise UserError(f'{path}: expected a list of {{"actual", "predicted"}}; rerun `pipeline evaluate`')
     return [(row["actual"], row["predicted"]) for row in data]
 
 
-def discordant(baseline: list[tuple[str, str]], birnn: list[tuple[str, str]]) -> tuple[int, int]:
-    """b: test documents only the baseline got right; c: only the BiRNN got right."""
-    if [a for a, _ in baseline] != [a for a, _ in birnn]:
-        raise UserError(
-            f"{PREDICTIONS}: baseline and birnn predictions cover different test documents; "
-            "rerun `pipeline evaluate`"
-        )
-    b = sum(pa == a and pb != a for (a, pa), (_, pb) in zip(baseline, birnn))
-    c = sum(pa != a and pb == a for (a, pa), (_, pb) in zip(baseline, birnn))
+def discordant(before: list[tuple[str, str]], after: list[tuple[str, str]]) -> tuple[int, int]:
+    """b: test documents only `before` got right; c: only `after` got right."""
+    if [a for a, _ in before] != [a for a, _ in after]:
+        raise UserError(f"{PREDICTIONS}: the models' predictions cover different test documents; rerun `pipeline evaluate`")
+    b = sum(pa == a and pb != a for (a, pa), (_, pb) in zip(before, after))
+    c = sum(pa != a and pb == a for (a, pa), (_, pb) in zip(before, after))
     return b, c
 
 
-def check_targets(birnn: dict, targets: Targets, ratio: float) -> dict[str, dict]:
-    """Each target with its value, threshold and whether it is met."""
-    val, train = birnn["val"]["accuracy"], birnn["train"]["accuracy"]
-    checks = {
-        "min_val_accuracy": (val, targets.min_val_accuracy, val >= targets.min_val_accuracy),
-        "max_train_accuracy": (train, targets.max_train_accuracy, train < targets.max_train_accuracy),
-        "max_parameter_ratio": (ratio, targets.max_parameter_ratio, ratio <= targets.max_parameter_ratio),
+def spread(values: list[float]) -> dict[str, float]:
+    """Mean, sample standard deviation (0 for one seed), min and max."""
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": _round(statistics.fmean(values)), "sd": _round(sd), "min": _round(min(values)), "max": _round(max(values))}
+
+
+def summarise(runs: dict[str, dict]) -> dict[str, Any]:
+    """{split: {score: spread}, "gap": spread} across a model's seeds."""
+    summary: dict[str, Any] = {
+        s: {m: spread([run[s][m] for run in runs.values()]) for m in SCORES} for s in SPLITS
     }
-    return {k: {"value": v, "threshold": t, "met": met} for k, (v, t, met) in checks.items()}
+    summary["gap"] = spread([run["train"]["accuracy"] - run["val"]["accuracy"] for run in runs.values()])
+    return summary
+
+
+def check_targets(runs: dict[str, dict], targets: Targets, ratio: float) -> dict[str, dict]:
+    """Each target: the mean's value, the threshold, met on the mean, and by how many seeds."""
+    val = [run["val"]["accuracy"] for run in runs.values()]
+    train = [run["train"]["accuracy"] for run in runs.values()]
+    checks = {
+        "min_val_accuracy": (val, targets.min_val_accuracy, lambda v: v >= targets.min_val_accuracy),
+        "max_train_accuracy": (train, targets.max_train_accuracy, lambda v: v < targets.max_train_accuracy),
+        "max_parameter_ratio": ([ratio], targets.max_parameter_ratio, lambda v: v <= targets.max_parameter_ratio),
+    }
+    result = {}
+    for key, (values, threshold, ok) in checks.items():
+        mean = statistics.fmean(values)
+        met_by = sum(ok(v) for v in values) if key != "max_parameter_ratio" else len(runs) * ok(ratio)
+        result[key] = {"value": _round(mean), "threshold": threshold, "met": ok(mean), "seeds_met": met_by, "seeds": len(runs)}
+    return result
 
 
 def build(params: Params) -> tuple[dict, dict]:
-    """compare.json's content, and the scores it was computed from (for the report)."""
-    scores = {name: read_scores(name) for name in (*MODELS, "reference")}
-    training = {name: read_training(name) for name in MODELS}
-    b, c = discordant(read_predictions("baseline"), read_predictions("birnn"))
-
-    sizes = {name: training[name].pop("trainable_parameters") for name in MODELS}
+    """(compare.json: the headline figures, details.json: everything the report shows)."""
+    seeds = params.train.seeds
+    scores, sizes = {}, {}
+    for name in (*MODELS, *REFERENCES):
+        scores[name], sizes[name] = read_scores(name, seeds)
     if sizes["baseline"] <= 0:
-        raise UserError(f"{METRICS}/train_baseline.json: trainable_parameters must be > 0")
-    ratio = _round(sizes["birnn"] / sizes["baseline"])
-    targets = check_targets(scores["birnn"], params.compare.targets, ratio)
-    result = {
-        "targets_met": all(t["met"] for t in targets.values()),
-        "targets": targets,
-        "generalisation_gap": {
-            name: _round(s["train"]["accuracy"] - s["val"]["accuracy"]) for name, s in scores.items()
+        raise UserError(f"{SCORES_DIR}/baseline.json: trainable_parameters must be > 0")
+    summaries = {name: summarise(runs) for name, runs in scores.items()}
+    ratios = {name: _round(sizes[name] / sizes["baseline"]) for name in MODELS}
+    targets = {name: check_targets(scores[name], params.compare.targets, ratios[name]) for name in CHECKED}
+
+    def per_seed(name: str, split: str) -> list[float]:
+        return [scores[name][str(s)][split]["accuracy"] for s in seeds]
+
+    b, c = discordant(read_predictions("baseline"), read_predictions("birnn"))
+    headline = {
+        "seeds": len(seeds),
+        **{
+            name: {
+                **{s: {m: {k: summaries[name][s][m][k] for k in ("mean", "sd")} for m in SCORES} for s in SPLITS},
+                "gap": {k: summaries[name]["gap"][k] for k in ("mean", "sd")},
+            }
+            for name in summaries
         },
-        "birnn_minus_baseline": {
-            split: {m: _round(scores["birnn"][split][m] - scores["baseline"][split][m]) for m in SCORES}
-            for split in SPLITS
-        },
-        "mcnemar_test": mcnemar_exact(b, c),
-        "parameters": {**sizes, "ratio": ratio},
-        "training": training,
+        "targets": {name: {k: {"value": t["value"], "met": t["met"], "seeds_met": t["seeds_met"]} for k, t in ts.items()}
+                    for name, ts in targets.items()},
     }
-    return result, scores
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
-
-
-def _mark(met: bool) -> str:
-    return "✓" if met else "✗"
-
-
-def render_report(result: dict, scores: dict) -> str:
-    """metrics/report.md: the seed's Before/After reading, from compare.json's numbers."""
-    gap, targets, sizes = result["generalisation_gap"], result["targets"], result["parameters"]
-    lines = [
-        "# Results: BiRNN vs. baseline RNN",
-        "",
-        "| Model | Train acc | Val acc | Test acc | Train loss | Val loss | Test loss "
-        "| Gap (train − val acc) | Parameters |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, label in NAMES.items():
-        s = scores[name]
-        size = f"{sizes[name]:,}" if name in sizes else "—"
-        lines.append(
-            f"| {label} | {_pct(s['train']['accuracy'])} | {_pct(s['val']['accuracy'])} "
-            f"| {_pct(s['test']['accuracy'])} | {s['train']['loss']:.3f} | {s['val']['loss']:.3f} "
-            f"| {s['test']['loss']:.3f} | {100 * gap[name]:.1f} pp | {size} |"
-        )
-    lines.append("")
-    for name in MODELS:
-        s = scores[name]
-        lines += [
-            f"{NAMES[name].split(':')[0]}: Training accuracy {_pct(s['train']['accuracy'])}, "
-            f"Validation accuracy {_pct(s['val']['accuracy'])}, "
-            f"Losses {s['train']['loss']:.2f} / {s['val']['loss']:.2f}",
-            "",
-        ]
-    val, train, size = (
-        targets[k] for k in ("min_val_accuracy", "max_train_accuracy", "max_parameter_ratio")
-    )
-    lines += [
-        "## Targets (BiRNN)",
-        "",
-        f"- {_mark(val['met'])} validation accuracy at least {_pct(val['threshold'])}: {_pct(val['value'])}",
-        f"- {_mark(train['met'])} training accuracy below {_pct(train['threshold'])}: {_pct(train['value'])}",
-        f"- {_mark(size['met'])} at most {size['threshold']:.2f} × the baseline's parameters: "
-        f"{sizes['birnn']:,} / {sizes['baseline']:,} = {size['value']:.3f}",
-        "",
-        f"All targets met: {'yes ✓' if result['targets_met'] else 'no ✗'}",
-        "",
-        "## Training",
-        "",
-    ]
-    for name in MODELS:
-        tr = result["training"][name]
-        lines.append(f"- {name}: best epoch {tr['best_epoch']} of {tr['epochs_run']} run")
-    test = result["mcnemar_test"]
-    reading = "significant" if test["p_value"] < ALPHA else "not significant"
-    lines += [
-        "",
-        "## BiRNN vs. baseline on the test set (McNemar's exact test)",
-        "",
-        f"{test['b']} test documents only the baseline classified correctly, {test['c']} only the "
-        f"BiRNN; exact two-sided p = {test['p_value']:.4g}: the difference is {reading} at {ALPHA}.",
-        "",
-    ]
-    return "\n".join(lines)
+    details = {
+        "seeds": list(seeds),
+        "served_seed": seeds[0],
+        "summary": summaries,
+        "per_seed": scores,
+        "targets": targets,
+        "parameters": {**{name: sizes[name] for name in MODELS}, "ratio": ratios},
+        "paired_t_test": {
+            f"{after}_vs_{before}": {split: paired_t(per_seed(after, split), per_seed(before, split)) for split in ("val", "test")}
+            for after, before in (("birnn", "baseline"), ("stacked", "birnn"))
+        },
+        "mcnemar_test": {"birnn_vs_baseline": mcnemar_exact(b, c), "seed": seeds[0]},
+        "training": {name: {str(s): read_training(name, s) for s in seeds} for name in MODELS},
+    }
+    return headline, details
 
 
 def run(params: Params) -> None:
-    result, scores = build(params)
-    report = render_report(result, scores)
-    io.write_json(METRICS / "compare.json", result)
-    io.write_text(METRICS / "report.md", report)
-    met = "all targets met" if result["targets_met"] else "targets missed"
-    print(f"compare: {met}; McNemar p = {result['mcnemar_test']['p_value']:.4g} ({METRICS}/report.md)")
+    from pipeline.report import render_report
+
+    headline, details = build(params)
+    io.write_json(layout.METRICS / "compare.json", headline)
+    io.write_json(layout.METRICS / "details.json", details)
+    io.write_text(layout.METRICS / "report.md", render_report(details, NAMES))
+    birnn = details["targets"]["birnn"]
+    met = [k for k, t in birnn.items() if t["met"]]
+    print(
+        f"compare: BiRNN meets {len(met)} of {len(birnn)} targets on the mean of {len(params.train.seeds)} seeds; "
+        f"McNemar p = {details['mcnemar_test']['birnn_vs_baseline']['p_value']:.4g} ({layout.METRICS}/report.md)"
+    )

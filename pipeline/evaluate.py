@@ -1,16 +1,19 @@
-"""evaluate stage: models/{baseline,birnn}.pt + data/prepared/ -> metrics/.
+"""evaluate stage: every run in models/<model>/seed<S>.pt + data/prepared/ -> metrics/scores/.
 
-Scores both RNNs and a TF-IDF + logistic-regression reference on the train, val and test
-splits with scikit-learn: accuracy, loss (log loss, the mean cross-entropy), macro-F1,
-per-class precision/recall/F1 and the confusion matrix. The reference is fitted on
-data/prepared/train.jsonl with the pipeline's own tokenizer, so all three models see the
-same documents and the same tokens.
+Scores each model's run for every seed of train.seeds, and two TF-IDF + logistic-regression
+references, on the train, val and test splits with scikit-learn: accuracy, loss (log loss,
+the mean cross-entropy), macro-F1, per-class precision/recall/F1 and the confusion matrix.
+The references are fitted on the training split:
+- `reference`: whole articles (data/prepared/train.jsonl) through the pipeline's tokenizer;
+- `reference_tokens`: exactly what the RNNs read, the truncated ids of the .npz files
+  mapped back to their vocabulary words (`<unk>` included): like for like.
 
 Writes, each atomically and only after everything was computed:
-- metrics/{baseline,birnn,reference}.json: {"train": {...}, "val": {...}, "test": {...},
-  "trainable_parameters": n}, floats rounded to 6 digits so the same inputs give the same bytes;
-- metrics/predictions/{baseline,birnn,reference}.json: [{"actual", "predicted"}, ...] for the
-  test split in data order, read by `dvc plots` (confusion matrices) and by compare (McNemar).
+- metrics/scores/<name>.json: {"seeds": {"<S>": {"train": {...}, "val": {...}, "test": {...}}},
+  "trainable_parameters": n, "served_seed": S} (a reference has the one "seed" 0), floats
+  rounded to 6 digits so the same inputs give the same bytes;
+- metrics/predictions/<name>.json: [{"actual", "predicted"}, ...] on the test split in data
+  order for the served seed, read by `dvc plots` (confusion matrices) and by compare (McNemar).
 """
 
 from __future__ import annotations
@@ -29,17 +32,16 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from pipeline import io
+from pipeline import io, layout
+from pipeline.data import Split, load_split, split_logits
 from pipeline.errors import UserError
-from pipeline.models import ModelConfig, RNNClassifier, count_parameters, predict_logits
+from pipeline.models import ModelConfig, RNNClassifier, count_parameters
 from pipeline.params import MODELS, Params, ReferenceParams
-from pipeline.text import tokenise
-from pipeline.data import load_split
+from pipeline.text import Vocab, tokenise
 
-PREPARED = Path("data/prepared")
-MODELS_DIR = Path("models")
-METRICS = Path("metrics")
-PREDICTIONS = METRICS / "predictions"
+PREPARED = layout.PREPARED
+SCORES = layout.METRICS / "scores"
+PREDICTIONS = layout.METRICS / "predictions"
 SPLITS = ("train", "val", "test")
 DIGITS = 6
 RETRAIN = "retrain with `dvc repro`"
@@ -73,9 +75,8 @@ def split_metrics(y_true: np.ndarray, proba: np.ndarray, labels: list[str]) -> d
     }
 
 
-def load_model(name: str, labels: list[str], vocab_sha256: str, encoding: dict) -> RNNClassifier:
-    """Load models/<name>.pt, refusing one trained on other prepared data."""
-    path = MODELS_DIR / f"{name}.pt"
+def load_model(path: Path, labels: list[str], vocab_sha256: str, encoding: dict) -> RNNClassifier:
+    """Load a run's checkpoint, refusing one trained on other prepared data."""
     ckpt = io.load_checkpoint(path)
     if ckpt["vocab_sha256"] != vocab_sha256:
         raise UserError(f"{path}: trained on another vocabulary than {PREPARED}/vocab.json; {RETRAIN}")
@@ -112,10 +113,23 @@ def read_texts(split: str, label_ids: dict[str, int], expected: torch.Tensor) ->
     return texts
 
 
-def fit_reference(texts: list[str], y: np.ndarray, p: ReferenceParams):
-    """TF-IDF over the pipeline's tokens (1..ngram_max-grams) + multinomial logistic regression."""
+def seen_tokens(split: Split, vocab: Vocab) -> list[list[str]]:
+    """The words an RNN reads for each text: its truncated ids, mapped back to the vocabulary."""
+    words = vocab.tokens
+    return [[words[i] for i in row[:n]] for row, n in zip(split.ids.tolist(), split.lengths.tolist())]
+
+
+def _identity(tokens: list[str]) -> list[str]:
+    return tokens
+
+
+def fit_reference(texts: list, y: np.ndarray, p: ReferenceParams, pretokenised: bool = False):
+    """TF-IDF over the pipeline's tokens (1..ngram_max-grams) + multinomial logistic regression.
+
+    `texts` are raw texts, tokenised as prepare does, or (pretokenised) lists of tokens.
+    """
     vectorizer = TfidfVectorizer(
-        tokenizer=tokenise,  # normalises too, exactly as prepare does
+        tokenizer=_identity if pretokenised else tokenise,  # tokenise normalises too, as prepare does
         lowercase=False,
         token_pattern=None,
         ngram_range=(1, p.ngram_max),
@@ -135,8 +149,26 @@ def _predictions(y_true: np.ndarray, proba: np.ndarray, labels: list[str]) -> li
     ]
 
 
+def _reference(
+    name: str, inputs: dict[str, list], truth: dict[str, np.ndarray], labels: list[str],
+    p: ReferenceParams, pretokenised: bool,
+) -> tuple[dict, list]:
+    vectorizer, classifier = fit_reference(inputs["train"], truth["train"], p, pretokenised)
+    scores = {}
+    for s in SPLITS:
+        # Columns of predict_proba follow classifier.classes_; place them by label id.
+        proba = np.zeros((len(inputs[s]), len(labels)))
+        proba[:, classifier.classes_] = classifier.predict_proba(vectorizer.transform(inputs[s]))
+        scores[s] = split_metrics(truth[s], proba, labels)
+        if s == "test":
+            predictions = _predictions(truth[s], proba, labels)
+    n_weights = classifier.coef_.size + classifier.intercept_.size
+    print(f"{name}: " + ", ".join(f"{s} acc {scores[s]['accuracy']:.4f}" for s in SPLITS))
+    return {"seeds": {"0": scores}, "trainable_parameters": int(n_weights), "served_seed": 0}, predictions
+
+
 def run(params: Params) -> None:
-    p = params.evaluate
+    p, seeds = params.evaluate, params.train.seeds
     labels = io.read_json(PREPARED / "labels.json", "label list")
     stats = io.read_json(PREPARED / "stats.json", "prepare stats")
     if not isinstance(labels, list) or not isinstance(stats, dict) or "encoding" not in stats:
@@ -148,32 +180,31 @@ def run(params: Params) -> None:
     results: dict[str, dict] = {}
     predictions: dict[str, list] = {}
     for name in MODELS:
-        model = load_model(name, labels, vocab_sha256, stats["encoding"])
-        scores = {}
-        for s, split in splits.items():
-            logits = predict_logits(model, split.ids, split.lengths, p.batch_size)
-            proba = torch.softmax(logits.double(), dim=1).numpy()
-            scores[s] = split_metrics(truth[s], proba, labels)
-            if s == "test":
-                predictions[name] = _predictions(truth[s], proba, labels)
-        results[name] = {**scores, "trainable_parameters": count_parameters(model)}
-        print(f"{name}: " + ", ".join(f"{s} acc {scores[s]['accuracy']:.4f}" for s in SPLITS))
+        runs = {}
+        for seed in seeds:
+            model = load_model(layout.run_checkpoint(name, seed), labels, vocab_sha256, stats["encoding"])
+            scores = {}
+            for s, split in splits.items():
+                logits = split_logits(model, split, p.batch_size)
+                proba = torch.softmax(logits.double(), dim=1).numpy()
+                scores[s] = split_metrics(truth[s], proba, labels)
+                if s == "test" and seed == seeds[0]:
+                    predictions[name] = _predictions(truth[s], proba, labels)
+            runs[str(seed)] = scores
+            print(f"{layout.run_name(name, seed)}: " + ", ".join(f"{s} acc {scores[s]['accuracy']:.4f}" for s in SPLITS))
+        results[name] = {"seeds": runs, "trainable_parameters": count_parameters(model), "served_seed": seeds[0]}
 
     label_ids = {name: k for k, name in enumerate(labels)}
     texts = {s: read_texts(s, label_ids, splits[s].labels) for s in SPLITS}
-    vectorizer, classifier = fit_reference(texts["train"], truth["train"], p.reference)
-    scores = {}
-    for s in SPLITS:
-        # Columns of predict_proba follow classifier.classes_; place them by label id.
-        proba = np.zeros((len(texts[s]), len(labels)))
-        proba[:, classifier.classes_] = classifier.predict_proba(vectorizer.transform(texts[s]))
-        scores[s] = split_metrics(truth[s], proba, labels)
-        if s == "test":
-            predictions["reference"] = _predictions(truth[s], proba, labels)
-    n_weights = classifier.coef_.size + classifier.intercept_.size
-    results["reference"] = {**scores, "trainable_parameters": int(n_weights)}
-    print("reference: " + ", ".join(f"{s} acc {scores[s]['accuracy']:.4f}" for s in SPLITS))
+    results["reference"], predictions["reference"] = _reference(
+        "reference", texts, truth, labels, p.reference, pretokenised=False
+    )
+    vocab = Vocab.load(PREPARED / "vocab.json")
+    seen = {s: seen_tokens(splits[s], vocab) for s in SPLITS}
+    results["reference_tokens"], predictions["reference_tokens"] = _reference(
+        "reference_tokens", seen, truth, labels, p.reference, pretokenised=True
+    )
 
     for name, result in results.items():
-        io.write_json(METRICS / f"{name}.json", result)
+        io.write_json(SCORES / f"{name}.json", result)
         io.write_json(PREDICTIONS / f"{name}.json", predictions[name])

@@ -1,43 +1,62 @@
-"""train stage: data/prepared/ -> models/<model>.pt, metrics/train_<model>.json, dvclive/<model>/.
+"""train stage: data/prepared/ -> one run of a model for one seed of train.seeds.
+
+Writes models/<model>/seed<S>.pt, metrics/train/<model>/seed<S>.json and the learning
+curves in dvclive/<model>/seed<S>/ (pipeline.layout), all at the end: a run that fails or
+is stopped leaves the previous outputs as they were.
 
 Mini-batch training (or full-batch when train.batch_size is null, like the seed's loop)
-with Adam/AdamW and gradient clipping. After every epoch the model is scored in eval mode
-on the training and validation splits. With the model's `early_stopping`, training stops
-once the validation loss has not improved for train.patience epochs and the best epoch's
-weights are the ones saved; without it every epoch runs and the last is kept. Learning
-curves go to DVCLive's plots.
+with Adam/AdamW and gradient clipping, on length-bucketed batches. After every epoch the
+model is scored in eval mode on the whole training and validation splits. With the model's
+`early_stopping`, training stops once the validation loss has not improved for
+train.patience epochs and the best epoch's weights are the ones saved; without it every
+epoch runs and the last is kept. A loss that is not finite stops the run with one line.
+
+With train.processes = N > 1 the run is data-parallel: N workers under torchrun
+(pipeline.distributed), each training on its shard of every epoch with a batch of
+batch_size / N, gradients averaged by DistributedDataParallel.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import os
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import DistributedSampler
 
-from pipeline import io
+from pipeline import distributed, io, layout
+from pipeline.data import Split, bucketed_batches, load_split
+from pipeline.distributed import World
 from pipeline.errors import UserError
-from pipeline.data import PREPARED, Split, bucketed_batches, load_split, score
 from pipeline.models import ModelConfig, RNNClassifier, count_parameters
 from pipeline.params import Params, TrainParams
+from pipeline.text import Vocab
 
 
-
-def pick_device(choice: str) -> torch.device:
+def pick_device(choice: str, world: World) -> torch.device:
     if choice == "cuda" and not torch.cuda.is_available():
         raise UserError("train.device: cuda was asked for but no CUDA device is available")
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(choice)
+    return torch.device("cuda", world.local_rank) if choice == "cuda" else torch.device("cpu")
+
+
+def thread_count(t: TrainParams) -> int:
+    """train.threads, capped by OMP_NUM_THREADS where a launcher set it (torchrun, a DVC queue)."""
+    cap = os.environ.get("OMP_NUM_THREADS", "")
+    return min(t.threads, int(cap)) if cap.isdigit() and int(cap) > 0 else t.threads
 
 
 def train_one_epoch(
-    model: RNNClassifier,
+    model: nn.Module,
     train: Split,
     batches: list[torch.Tensor],
     optimizer: torch.optim.Optimizer,
@@ -51,15 +70,36 @@ def train_one_epoch(
     for index in batches:
         ids, lengths, labels = train.batch(index)
         optimizer.zero_grad(set_to_none=True)
-        batch_loss = criterion(model(ids.to(device), lengths), labels.to(device))
+        batch_loss = criterion(model(ids.to(device, non_blocking=True), lengths), labels.to(device))
         batch_loss.backward()
         if grad_clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
-        loss_total += batch_loss.item() * len(labels)
+        value = batch_loss.item()
+        if not math.isfinite(value):
+            raise UserError(
+                f"training diverged: the loss became {value} after {seen} examples; "
+                "lower train.lr or check the data"
+            )
+        loss_total += value * len(labels)
         seen += len(labels)
         tokens += int(lengths.sum())
     return loss_total / seen, tokens
+
+
+@torch.inference_mode()
+def score_shard(model: nn.Module, split: Split, world: World, device: torch.device) -> dict[str, float]:
+    """Eval-mode loss and accuracy on a whole split; each rank scores every world.size-th text."""
+    model.eval()
+    index = torch.arange(world.rank, len(split), world.size)
+    loss_sum, correct = 0.0, 0
+    for batch in index[torch.sort(split.lengths[index], descending=True, stable=True).indices].split(512):
+        ids, lengths, labels = split.batch(batch)
+        logits = model(ids.to(device, non_blocking=True), lengths).float().cpu()
+        loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+        correct += int((logits.argmax(1) == labels).sum())
+    loss_sum, correct, count = distributed.all_sum([loss_sum, correct, len(index)], world, device)
+    return {"loss": loss_sum / count, "accuracy": correct / count}
 
 
 def _make_optimizer(model: nn.Module, t: TrainParams) -> torch.optim.Optimizer:
@@ -70,9 +110,9 @@ def _make_optimizer(model: nn.Module, t: TrainParams) -> torch.optim.Optimizer:
 class _Progress:
     """A rich progress bar on a terminal; otherwise a plain line per epoch for CI logs."""
 
-    def __init__(self, name: str, max_epochs: int):
-        self.bar = None
-        if sys.stdout.isatty():
+    def __init__(self, name: str, max_epochs: int, show: bool):
+        self.bar, self.show = None, show
+        if show and sys.stdout.isatty():
             from rich.progress import Progress
 
             self.bar = Progress(transient=False)
@@ -80,15 +120,28 @@ class _Progress:
             self.bar.start()
 
     def epoch(self, line: str) -> None:
-        if self.bar is None:
-            print(line, flush=True)
-        else:
+        if self.bar is not None:
             self.bar.console.print(line, markup=False, highlight=False, soft_wrap=True)
             self.bar.advance(self.task)
+        elif self.show:
+            print(line, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+def _epoch_batches(train: Split, t: TrainParams, seed: int, epoch: int, world: World) -> list[torch.Tensor]:
+    """This rank's batches for one epoch: its DistributedSampler shard, bucketed by length.
+
+    Every rank shuffles with the same seed, so all ranks take the same number of batches.
+    """
+    sampler = DistributedSampler(range(len(train)), world.size, world.rank, shuffle=True, seed=seed)
+    sampler.set_epoch(epoch)
+    shard = torch.tensor(list(sampler))
+    per_rank = None if t.batch_size is None else t.batch_size // world.size
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return [shard[b] for b in bucketed_batches(train.lengths[shard], per_rank, generator)]
 
 
 def fit(
@@ -96,9 +149,11 @@ def fit(
     train: Split,
     val: Split,
     t: TrainParams,
+    seed: int,
     name: str,
     early_stopping: bool = True,
     live=None,
+    world: World = World(),
 ) -> dict:
     """Train; with early stopping on validation loss, the best epoch's weights are restored.
 
@@ -106,19 +161,23 @@ def fit(
     "best_epoch" in the summary is the epoch whose weights the model holds on return.
     """
     device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(t.seed)
+    net: nn.Module = model
+    if world.size > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        torch.manual_seed(seed + 7919 * world.rank)  # each rank its own dropout masks
     optimizer = _make_optimizer(model, t)
     kept = {"epoch": 0, "val_loss": math.inf, "state": None}
     lowest_val_loss = math.inf
     tokens_total, seconds_total, epochs_run, bad_epochs = 0, 0.0, 0, 0
-    progress = _Progress(name, t.max_epochs)
+    progress = _Progress(name, t.max_epochs, world.main)
     try:
         for epoch in range(1, t.max_epochs + 1):
             start = time.perf_counter()
-            batches = bucketed_batches(train.lengths, t.batch_size, generator)
-            running_loss, tokens = train_one_epoch(model, train, batches, optimizer, t.grad_clip, device)
+            batches = _epoch_batches(train, t, seed, epoch, world)
+            running_loss, tokens = train_one_epoch(net, train, batches, optimizer, t.grad_clip, device)
             seconds = time.perf_counter() - start
-            train_m, val_m = score(model, train), score(model, val)
+            train_m, val_m = score_shard(model, train, world, device), score_shard(model, val, world, device)
+            running_loss, tokens = distributed.all_sum([running_loss / world.size, tokens], world, device)
             tokens_total, seconds_total, epochs_run = tokens_total + tokens, seconds_total + seconds, epoch
             if live is not None:
                 live.step = epoch  # the plots' x axis counts epochs from 1, like the log lines
@@ -153,35 +212,83 @@ def fit(
     }
 
 
-def run(params: Params, name: str) -> None:
+def run(params: Params, name: str, seed: int) -> None:
     t, mp = params.train, params.model(name)
-    torch.set_num_threads(t.threads)
-    device = pick_device(t.device)
+    if seed not in t.seeds:
+        raise UserError(f"--seed {seed}: not in train.seeds ({', '.join(map(str, t.seeds))})")
+    if t.batch_size is not None and t.batch_size % t.processes:
+        raise UserError(f"train.batch_size: {t.batch_size} does not split evenly over train.processes = {t.processes}")
+    if t.processes > 1 and not distributed.under_torchrun():
+        distributed.launch(["train", name, "--seed", str(seed)], t.processes)
+        return
+    torch.set_num_threads(thread_count(t))
+    device = pick_device(t.device, World(local_rank=int(os.environ.get("LOCAL_RANK", "0"))))
     train, val = load_split("train"), load_split("val")
-    labels = io.read_json(PREPARED / "labels.json", "label list")
-    stats = io.read_json(PREPARED / "stats.json", "prepare stats")
-    vocab_sha256 = io.sha256_file(PREPARED / "vocab.json")
-    cfg = ModelConfig.from_params(mp, vocab_size=int(stats["vocab_size"]), num_classes=len(labels))
+    labels = io.read_json(layout.PREPARED / "labels.json", "label list")
+    stats = io.read_json(layout.PREPARED / "stats.json", "prepare stats")
+    vocab = Vocab.load(layout.PREPARED / "vocab.json")
+    cfg = ModelConfig.from_params(mp, vocab_size=len(vocab), num_classes=len(labels))
+    world = distributed.join(device.type)
+    try:
+        torch.manual_seed(seed)
+        model = RNNClassifier(cfg).to(device)
+        summary = _train_and_publish(model, cfg, train, val, params, name, seed, world, vocab, labels, stats)
+    finally:
+        distributed.leave(world)
+    if world.main:
+        print(
+            f"{layout.run_name(name, seed)}: best epoch {summary['best_epoch']} of {summary['epochs_run']}, "
+            f"{summary['trainable_parameters']:,} parameters, {summary['train_seconds']:.0f}s"
+        )
 
-    torch.manual_seed(t.seed)
-    model = RNNClassifier(cfg).to(device)
-    from dvclive import Live
 
-    with Live(dir=f"dvclive/{name}", save_dvc_exp=False, dvcyaml=None) as live:
-        summary = fit(model, train, val, t, name, mp.early_stopping, live)
-    checkpoint = {
-        "model": {k: v.cpu() for k, v in model.state_dict().items()},
-        "config": asdict(cfg),
-        "labels": list(labels),
-        "vocab_sha256": vocab_sha256,
-        "encoding": dict(stats["encoding"]),
-        "epoch": summary["best_epoch"],
-        "best_val_loss": summary["best_val_loss"],
-    }
-    io.save_checkpoint(Path("models") / f"{name}.pt", checkpoint)
-    summary = {"model": name, "trainable_parameters": count_parameters(model), **summary}
-    io.write_json(Path("metrics") / f"train_{name}.json", summary)
-    print(
-        f"{name}: best epoch {summary['best_epoch']} of {summary['epochs_run']}, "
-        f"{summary['trainable_parameters']:,} parameters, {summary['train_seconds']:.0f}s"
-    )
+def _train_and_publish(model, cfg, train, val, params, name, seed, world, vocab, labels, stats) -> dict:
+    """Fit, then (rank 0) write the checkpoint, the summary and the curves, all at the end."""
+    t = params.train
+    curves = layout.run_curves(name, seed)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{curves.name}.", dir=_parent(curves))) if world.main else None
+    try:
+        live = None
+        if world.main:
+            from dvclive import Live
+
+            live = Live(dir=str(scratch), save_dvc_exp=False, dvcyaml=None)
+        try:
+            early = params.model(name).early_stopping
+            summary = fit(model, train, val, t, seed, layout.run_name(name, seed), early, live, world)
+        finally:
+            if live is not None:
+                live.end()
+        summary = {
+            "model": name, "seed": seed, "trainable_parameters": count_parameters(model),
+            "processes": world.size, "threads": torch.get_num_threads(), **summary,
+        }
+        if world.main:
+            checkpoint = {
+                "model": {k: v.cpu() for k, v in model.state_dict().items()},
+                "config": asdict(cfg),
+                "labels": list(labels),
+                "vocab": list(vocab.tokens),
+                "vocab_sha256": io.sha256_file(layout.PREPARED / "vocab.json"),
+                "encoding": dict(stats["encoding"]),
+                "epoch": summary["best_epoch"],
+                "best_val_loss": summary["best_val_loss"],
+                "seed": seed,
+            }
+            io.save_checkpoint(layout.run_checkpoint(name, seed), checkpoint)
+            io.write_json(layout.run_summary(name, seed), summary)
+            old = curves.with_name(f".{curves.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            if curves.exists():
+                curves.rename(old)
+            scratch.rename(curves)
+            scratch = old
+        return summary
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _parent(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.parent

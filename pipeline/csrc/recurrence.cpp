@@ -74,6 +74,9 @@ at::Tensor backward(const at::Tensor& grad_out, const at::Tensor& slope, const a
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward_", &forward_, "tanh recurrence, forward, in place");
-  m.def("backward", &backward, "tanh recurrence, backward through time");
+  // ATen needs no GIL: other Python threads (predict's batches) run meanwhile.
+  m.def("forward_", &forward_, "tanh recurrence, forward, in place",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("backward", &backward, "tanh recurrence, backward through time",
+        py::call_guard<py::gil_scoped_release>());
 }

@@ -1,0 +1,35 @@
+"""Where the pipeline's artifacts live: one place for the paths that several stages share.
+
+Every model is trained once per seed in train.seeds; each run has its own checkpoint,
+learning curves and training summary. The first seed's checkpoint is the served one,
+copied to models/<model>.pt by the publish stage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PREPARED = Path("data/prepared")
+MODELS = Path("models")
+METRICS = Path("metrics")
+CURVES = Path("dvclive")
+
+
+def run_name(model: str, seed: int) -> str:
+    return f"{model}/seed{seed}"
+
+
+def run_checkpoint(model: str, seed: int) -> Path:
+    return MODELS / model / f"seed{seed}.pt"
+
+
+def run_curves(model: str, seed: int) -> Path:
+    return CURVES / model / f"seed{seed}"
+
+
+def run_summary(model: str, seed: int) -> Path:
+    return METRICS / "train" / model / f"seed{seed}.json"
+
+
+def served_checkpoint(model: str) -> Path:
+    return MODELS / f"{model}.pt"
