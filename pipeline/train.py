@@ -131,7 +131,7 @@ def fit(
     "best_epoch" in the summary is the epoch whose weights the model holds on return.
     """
     device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(t.seed)
+    generator = torch.Generator().manual_seed(t.seeds[0])
     loader = DataLoader(
         TensorDataset(train.ids, train.lengths, train.labels),
         batch_size=t.batch_size or len(train.ids),
@@ -193,7 +193,7 @@ def run(params: Params, name: str) -> None:
     vocab_sha256 = io.sha256_file(PREPARED / "vocab.json")
     cfg = ModelConfig.from_params(mp, vocab_size=int(stats["vocab_size"]), num_classes=len(labels))
 
-    torch.manual_seed(t.seed)
+    torch.manual_seed(t.seeds[0])
     model = RNNClassifier(cfg).to(device)
     from dvclive import Live
 
