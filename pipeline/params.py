@@ -17,12 +17,23 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 from pydantic.dataclasses import dataclass
+from pydantic_core.core_schema import ValidationInfo
 
 from pipeline.errors import UserError
 
-MAX_FILE_BYTES = 1_000_000  # settings, not data: a bigger file is a mistake, and parsing it is slow
+MAX_FILE_BYTES = 1_000_000  # settings, not data; PyYAML needs about 4 s per MB
 MAX_DEPTH = 20  # params nest 4 levels; PyYAML's composer recurses and overflows near 300
 
 
@@ -31,46 +42,27 @@ class ParamsError(UserError):
 
     def __init__(self, message: str) -> None:
         # One line whatever a key or value holds: the CLI prints it as `error: ...`.
-        super().__init__(" ".join("".join(c if c.isprintable() else " " for c in message).split()))
+        printable = "".join(c if c.isprintable() else " " for c in message)
+        super().__init__(" ".join(printable.split()))
 
 
-# Strict: no bool/str/float-to-int coercion. Sections themselves stay lax so that a mapping
-# read from YAML validates into a section (strict mode would demand an instance).
+# Scalars are Strict* (no bool/str/float-to-int coercion); strict mode for the whole config
+# would also demand section instances where YAML gives mappings.
 _CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
-def _int(lo: int, hi: int, description: str | None = None) -> Any:
-    return Field(strict=True, ge=lo, le=hi, description=description)
-
-
-def _number(description: str | None = None, **bounds: float) -> Any:
-    return Field(strict=True, description=description, **bounds)
-
-
-def _text() -> Any:
-    return Field(strict=True, min_length=1)
-
-
-def _strict() -> Any:
-    return Field(strict=True)
-
-
-def _absent() -> Any:
-    return Field(default=None)
-
-
-# Seeds: non-negative and within what every RNG the pipeline seeds accepts (numpy, torch).
-Seed = Annotated[int, Field(strict=True, ge=0, le=2**31 - 1)]
+# Within what every RNG the pipeline seeds accepts (numpy, torch).
+Seed = Annotated[StrictInt, Field(ge=0, le=2**31 - 1)]
+# A section the caller did not ask for; parse() refuses a missing one that it did ask for.
+_ABSENT: Any = None
 
 
 @dataclass(frozen=True, config=_CONFIG)
 class DownloadParams:
     source: Literal["bbc-news", "csv", "jsonl", "url"] = Field()
-    path: str | None = _strict()
-    url: str | None = _strict()
-    sha256: str | None = _strict()
-    text_field: str = _text()
-    label_field: str = _text()
+    path: StrictStr | None = Field()
+    url: StrictStr | None = Field()
+    sha256: StrictStr | None = Field()
+    text_field: StrictStr = Field(min_length=1)
+    label_field: StrictStr = Field(min_length=1)
 
     @field_validator("path", "url", "sha256")
     @classmethod
@@ -79,8 +71,8 @@ class DownloadParams:
         source, name = info.data.get("source"), info.field_name
         if name == "path" and source in ("csv", "jsonl") and not value:
             raise ValueError(f"must be a file path when source is {source}")
-        if name == "url" and source == "url" and not (value or "").startswith(("http://", "https://")):
-            raise ValueError(f"must be an http:// or https:// URL when source is url, got {_show(value)}")
+        if name == "url" and source == "url" and not re.match(r"https?://", value or ""):
+            raise ValueError(f"must be an http(s):// URL when source is url, got {_show(value)}")
         if name == "sha256" and source == "url" and not re.fullmatch(r"[0-9a-fA-F]{64}", value or ""):
             raise ValueError("must be the 64-hex-digit sha256 of the file at download.url")
         return value
@@ -88,12 +80,12 @@ class DownloadParams:
 
 @dataclass(frozen=True, config=_CONFIG)
 class PrepareParams:
-    seed: Seed = _strict()
-    val_fraction: float = _number(gt=0, lt=1)
-    test_fraction: float = _number(gt=0, lt=1)
-    min_freq: int = _int(1, 1_000_000)
-    max_vocab: int = _int(3, 10_000_000)  # <pad>, <unk> and at least one word
-    max_len: int = _int(1, 100_000)
+    seed: Seed = Field()
+    val_fraction: StrictFloat = Field(gt=0, lt=1)
+    test_fraction: StrictFloat = Field(gt=0, lt=1)
+    min_freq: StrictInt = Field(ge=1, le=1_000_000)
+    max_vocab: StrictInt = Field(ge=3, le=10_000_000)  # <pad>, <unk> and at least one word
+    max_len: StrictInt = Field(ge=1, le=100_000)
     keep: Literal["head", "tail"] = Field()
 
     @field_validator("test_fraction")
@@ -113,65 +105,61 @@ class TrainParams:
     seeds: tuple[Seed, ...] = Field(
         strict=True, min_length=1, max_length=32, json_schema_extra={"uniqueItems": True}
     )
-    batch_size: int | None = _int(1, 1_000_000, "null for full batch")
-    max_epochs: int = _int(1, 100_000)
-    patience: int = _int(1, 100_000)
+    batch_size: StrictInt | None = Field(ge=1, le=1_000_000, description="null for full batch")
+    max_epochs: StrictInt = Field(ge=1, le=100_000)
+    patience: StrictInt = Field(ge=1, le=100_000)
     optimizer: Literal["adam", "adamw"] = Field()
-    lr: float = _number(gt=0, le=10)
-    weight_decay: float = _number(ge=0, le=10)
-    grad_clip: float | None = _number("null for no clipping", gt=0, le=1_000_000)
+    lr: StrictFloat = Field(gt=0, le=10)
+    weight_decay: StrictFloat = Field(ge=0, le=10)
+    grad_clip: StrictFloat | None = Field(gt=0, le=1_000_000, description="null for no clipping")
     device: Literal["auto", "cpu", "cuda"] = Field()
-    processes: int = _int(1, 64)  # data-parallel processes under torchrun
-    threads: int = _int(1, 256)
+    processes: StrictInt = Field(ge=1, le=64)  # data-parallel processes under torchrun
+    threads: StrictInt = Field(ge=1, le=256)
 
-    @field_validator("seeds", mode="before")
+    @field_validator("seeds", mode="wrap")
     @classmethod
-    def _list_to_tuple(cls, value: Any) -> Any:
-        # YAML gives a list; a set (`!!set`) has no order, so it stays refused by the strict tuple.
-        return tuple(value) if isinstance(value, list) else value
-
-    @field_validator("seeds")
-    @classmethod
-    def _distinct(cls, value: tuple[int, ...]) -> tuple[int, ...]:
-        repeated = sorted({s for s in value if value.count(s) > 1})
+    def _distinct(cls, value: Any, handler: Any) -> tuple[int, ...]:
+        # YAML gives a list; a set (`!!set`) has no order, so the strict tuple still refuses it.
+        seeds: tuple[int, ...] = handler(tuple(value) if isinstance(value, list) else value)
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
         if repeated:
             raise ValueError(f"must be distinct, {repeated[0]} appears more than once")
-        return value
+        return seeds
 
 
 @dataclass(frozen=True, config=_CONFIG)
 class ModelParams:
     cell: Literal["rnn", "gru", "lstm"] = Field()
-    embed_dim: int = _int(1, 4096)
-    hidden_dim: int = _int(1, 4096)
-    num_layers: int = _int(1, 16)
-    bidirectional: bool = _strict()
-    dropout: float = _number(ge=0, lt=1)
-    word_dropout: float = _number(ge=0, lt=1)
+    embed_dim: StrictInt = Field(ge=1, le=4096)
+    hidden_dim: StrictInt = Field(ge=1, le=4096)
+    num_layers: StrictInt = Field(ge=1, le=16)
+    bidirectional: StrictBool = Field()
+    dropout: StrictFloat = Field(ge=0, lt=1)
+    word_dropout: StrictFloat = Field(ge=0, lt=1)
     readout: Literal["final", "mean", "max"] = Field()
     # Training-time, per model: stop on validation loss after train.patience epochs without
     # improvement and keep the best epoch; false runs all train.max_epochs, like the seed's loop.
-    early_stopping: bool = _strict()
+    early_stopping: StrictBool = Field()
 
 
 @dataclass(frozen=True, config=_CONFIG)
 class ReferenceParams:
-    max_features: int = _int(1, 10_000_000)
-    ngram_max: int = _int(1, 10)
-    C: float = _number(gt=0, le=1_000_000)
+    max_features: StrictInt = Field(ge=1, le=10_000_000)
+    ngram_max: StrictInt = Field(ge=1, le=10)
+    C: StrictFloat = Field(gt=0, le=1_000_000)
 
 
 @dataclass(frozen=True, config=_CONFIG)
 class EvaluateParams:
-    batch_size: int = _int(1, 1_000_000)
+    batch_size: StrictInt = Field(ge=1, le=1_000_000)
     reference: ReferenceParams = Field()
 
 
 @dataclass(frozen=True, config=_CONFIG)
 class Targets:
-    min_val_accuracy: float = _number(ge=0, le=1)
-    max_train_accuracy: float = _number(ge=0, le=1)
-    max_parameter_ratio: float = _number(gt=0, le=1000)
+    min_val_accuracy: StrictFloat = Field(ge=0, le=1)
+    max_train_accuracy: StrictFloat = Field(ge=0, le=1)
+    max_parameter_ratio: StrictFloat = Field(gt=0, le=1000)
 
 
 @dataclass(frozen=True, config=_CONFIG)
@@ -181,19 +169,19 @@ class CompareParams:
 
 @dataclass(frozen=True, config=_CONFIG)
 class Params:
-    # A section absent from the file stays None (parse() insists on the ones a stage reads);
-    # written as `train:` with nothing under it, it is refused like any non-mapping.
-    download: DownloadParams = _absent()
-    prepare: PrepareParams = _absent()
-    train: TrainParams = _absent()
-    baseline: ModelParams = _absent()
-    birnn: ModelParams = _absent()
-    stacked: ModelParams = _absent()
-    evaluate: EvaluateParams = _absent()
-    compare: CompareParams = _absent()
+    # Written as `train:` with nothing under it, a section is refused like any non-mapping.
+    download: DownloadParams = _ABSENT
+    prepare: PrepareParams = _ABSENT
+    train: TrainParams = _ABSENT
+    baseline: ModelParams = _ABSENT
+    birnn: ModelParams = _ABSENT
+    stacked: ModelParams = _ABSENT
+    evaluate: EvaluateParams = _ABSENT
+    compare: CompareParams = _ABSENT
 
     def model(self, name: str) -> ModelParams:
-        return getattr(self, name)
+        section: ModelParams = getattr(self, name)
+        return section
 
 
 MODELS = ("baseline", "birnn", "stacked")
@@ -211,18 +199,16 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-@functools.cache
-def _adapter() -> TypeAdapter[Params]:
-    return TypeAdapter(Params)
+_ADAPTER = TypeAdapter(Params)
 
 
 @functools.cache
 def _schema() -> dict[str, Any]:
-    return _adapter().json_schema()
+    return _ADAPTER.json_schema()
 
 
 def _node(loc: tuple[Any, ...]) -> dict[str, Any]:
-    """The JSON-schema node of the value at `loc`; `nullable` holds the field where null is allowed."""
+    """The JSON schema of the value at `loc`; "nullable" holds the field if null is allowed."""
     schema = node = _schema()
     for part in (*loc, None):
         if "anyOf" in node:
@@ -234,13 +220,16 @@ def _node(loc: tuple[Any, ...]) -> dict[str, Any]:
     return node
 
 
-def _number_range(node: dict[str, Any]) -> str:
-    def show(bound: float) -> str:
-        return str(int(bound)) if float(bound).is_integer() else repr(bound)
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(value)
 
-    low = f"({show(node['exclusiveMinimum'])}" if "exclusiveMinimum" in node else f"[{show(node['minimum'])}"
-    high = f"{show(node['exclusiveMaximum'])})" if "exclusiveMaximum" in node else f"{show(node['maximum'])}]"
-    return f"{low}, {high}"
+
+def _interval(node: dict[str, Any]) -> str:
+    """`[0, 1)` from the schema's minimum / exclusiveMaximum and the like."""
+    low = node["minimum"] if "minimum" in node else node["exclusiveMinimum"]
+    high = node["maximum"] if "maximum" in node else node["exclusiveMaximum"]
+    opening, closing = "(["["minimum" in node], ")]"["maximum" in node]
+    return f"{opening}{_num(low)}, {_num(high)}{closing}"
 
 
 def _describe(node: dict[str, Any]) -> str:
@@ -249,10 +238,9 @@ def _describe(node: dict[str, Any]) -> str:
     if "enum" in node:
         what = "one of " + ", ".join(repr(v) for v in node["enum"])
     elif kind in ("integer", "number"):
-        what = f"{'an integer' if kind == 'integer' else 'a number'} in {_number_range(node)}"
+        what = f"{'an integer' if kind == 'integer' else 'a number'} in {_interval(node)}"
     elif kind == "array":
-        distinct = "distinct " if node.get("uniqueItems") else ""
-        items = _describe(node["items"])
+        items, distinct = _describe(node["items"]), "distinct " if node.get("uniqueItems") else ""
         what = f"a list of {node['minItems']} to {node['maxItems']} {distinct}items, each {items}"
     elif kind == "string":
         what = "a non-empty string" if node.get("minLength") else "a string"
@@ -263,16 +251,15 @@ def _describe(node: dict[str, Any]) -> str:
     return what
 
 
-def _name(part: Any) -> str:
-    """A key as typed when it is a plain word; quoted otherwise, so the line stays readable."""
-    return part if isinstance(part, str) and re.fullmatch(r"[\w-]{1,60}", part) else _show(part)
-
-
 def _key(loc: tuple[Any, ...]) -> str:
-    """`train.lr`, `train.seeds[0]`."""
+    """`train.lr`, `train.seeds[0]`; a key that is not a plain word is quoted."""
     path = ""
     for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else f"{'.' if path else ''}{_name(part)}"
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            plain = isinstance(part, str) and re.fullmatch(r"[\w-]{1,60}", part)
+            path += ("." if path else "") + (part if plain else _show(part))
     return path
 
 
@@ -281,30 +268,29 @@ _UNKNOWN = ("unexpected_keyword_argument", "extra_forbidden", "invalid_key")
 
 def _message(error: Any) -> str:
     """One pydantic error as `<key.path>: <what is wrong>`."""
-    loc, kind, key = tuple(error["loc"]), error["type"], _key(tuple(error["loc"]))
+    loc, kind = tuple(error["loc"]), error["type"]
     if not loc:
         return f"params: the file must hold a mapping of sections, got {_show(error['input'])}"
     if kind in _UNKNOWN:
-        # The last part is the key as written, whatever its type (YAML allows `1:` or `null:`).
-        parent = _key(loc[:-1])
-        key = f"{parent}.{_name(loc[-1])}" if parent else _name(loc[-1])
+        # The last part is the key as written, whatever YAML made of it (`1:`, `null:`).
+        parent, name = _key(loc[:-1]), _key((str(loc[-1]),))
         allowed = ", ".join(_node(loc[:-1])["properties"])
-        return f"{key}: unknown {'section' if len(loc) == 1 else 'key'} (allowed: {allowed})"
+        where = f"{parent}.{name}: unknown key" if parent else f"{name}: unknown section"
+        return f"{where} (allowed: {allowed})"
     if kind == "value_error":
-        return f"{key}: {error['ctx']['error']}"
-    node = _node(loc)
+        return f"{_key(loc)}: {error['ctx']['error']}"
+    what = _describe(_node(loc))
     if kind == "missing":
-        return f"{key}: missing key ({_describe(node)})"
-    what = _describe(node)
+        return f"{_key(loc)}: missing key ({what})"
     if kind == "finite_number":
         what = what.replace("a number", "a finite number", 1)
-    return f"{key}: must be {what}, got {_show(error['input'])}"
+    return f"{_key(loc)}: must be {what}, got {_show(error['input'])}"
 
 
 def parse(raw: Any, sections: tuple[str, ...] | None = None) -> Params:
     """Validate a params mapping. With `sections`, only those sections are required."""
     try:
-        params = _adapter().validate_python(raw)
+        params = _ADAPTER.validate_python(raw)
     except ValidationError as exc:
         # Every section present is checked, so a typo anywhere fails any command early.
         # A misspelt key is the likeliest mistake and explains the rest: name it first.
@@ -316,26 +302,26 @@ def parse(raw: Any, sections: tuple[str, ...] | None = None) -> Params:
     return params
 
 
-class _Unsupported(Exception):
-    def __init__(self, what: str, mark: Any) -> None:
-        super().__init__(f"{what} (line {mark.line + 1})")
+class _Refused(Exception):
+    """YAML that is valid but that params never need, and that could exhaust memory or stack."""
 
 
 class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader without aliases or deep nesting.
+    """PyYAML's safe loader without aliases and with bounded nesting.
 
     An alias lets a few hundred bytes expand to gigabytes (the "billion laughs"), and the
-    composer recurses once per level; params need neither.
+    composer recurses once per level of nesting.
     """
 
     depth = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         event = self.peek_event()
+        line = event.start_mark.line + 1
         if isinstance(event, yaml.AliasEvent):
-            raise _Unsupported("YAML aliases (*name) are not supported; write the value out", event.start_mark)
+            raise _Refused(f"YAML aliases (*name) are not supported, write values out (line {line})")
         if self.depth >= MAX_DEPTH:
-            raise _Unsupported(f"nested more than {MAX_DEPTH} levels deep", event.start_mark)
+            raise _Refused(f"nested more than {MAX_DEPTH} levels deep (line {line})")
         self.depth += 1
         try:
             return super().compose_node(parent, index)
@@ -343,8 +329,7 @@ class _Loader(yaml.SafeLoader):
             self.depth -= 1
 
 
-# YAML 1.2 floats without a dot (`1e-3`), as DVC's own YAML reader sees them; PyYAML's
-# YAML 1.1 rules would read them as strings.
+# YAML 1.2 floats without a dot (`1e-3`), as DVC reads them; PyYAML's YAML 1.1 says string.
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
@@ -352,9 +337,7 @@ _Loader.add_implicit_resolver(
 )
 
 
-def load(path: str | Path = "params.yaml", sections: tuple[str, ...] | None = None) -> Params:
-    """Read and validate params.yaml; raise ParamsError with one readable line on any problem."""
-    path = Path(path)
+def _read(path: Path) -> str:
     try:
         with path.open("rb") as file:
             data = file.read(MAX_FILE_BYTES + 1)  # never more: the path may be /dev/zero
@@ -363,12 +346,22 @@ def load(path: str | Path = "params.yaml", sections: tuple[str, ...] | None = No
     except OSError as exc:
         raise ParamsError(f"{path}: cannot read params file ({exc.strerror or exc})") from None
     if len(data) > MAX_FILE_BYTES:
-        raise ParamsError(f"{path}: params file is over {MAX_FILE_BYTES:,} bytes; it holds settings, not data")
+        raise ParamsError(
+            f"{path}: params file is over {MAX_FILE_BYTES:,} bytes; it holds settings, not data"
+        )
     try:
-        raw = yaml.load(data.decode("utf-8"), Loader=_Loader)  # noqa: S506 - a SafeLoader
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ParamsError(f"{path}: cannot read params file (not UTF-8 at byte {exc.start})") from None
-    except _Unsupported as exc:
+        raise ParamsError(f"{path}: cannot read params file (not UTF-8, byte {exc.start})") from None
+
+
+def load(path: str | Path = "params.yaml", sections: tuple[str, ...] | None = None) -> Params:
+    """Read and validate params.yaml; raise ParamsError with one readable line on any problem."""
+    path = Path(path)
+    text = _read(path)
+    try:
+        raw = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
+    except _Refused as exc:
         raise ParamsError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -379,20 +372,3 @@ def load(path: str | Path = "params.yaml", sections: tuple[str, ...] | None = No
     except (ValueError, OverflowError) as exc:  # a scalar PyYAML cannot build, e.g. 2001-13-01
         raise ParamsError(f"{path}: not valid YAML ({textwrap.shorten(str(exc), 80)})") from None
     return parse(raw, sections)
-
-
-__all__ = [
-    "MODELS",
-    "CompareParams",
-    "DownloadParams",
-    "EvaluateParams",
-    "ModelParams",
-    "Params",
-    "ParamsError",
-    "PrepareParams",
-    "ReferenceParams",
-    "Targets",
-    "TrainParams",
-    "load",
-    "parse",
-]

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -39,7 +40,11 @@ def test_repository_params_are_valid(raw):
     assert params.train.seeds == (42, 43, 44, 45, 46) and params.train.processes == 1
     assert P.MODELS == ("baseline", "birnn", "stacked")
     assert [params.model(name) for name in P.MODELS] == [params.baseline, params.birnn, params.stacked]
-    assert (params.stacked.num_layers, params.stacked.hidden_dim, params.stacked.bidirectional) == (2, 44, True)
+    assert (params.stacked.num_layers, params.stacked.hidden_dim, params.stacked.bidirectional) == (
+        2,
+        44,
+        True,
+    )
 
 
 def test_params_are_frozen_and_introspectable_like_dataclasses(raw):
@@ -74,10 +79,8 @@ def test_unknown_key_is_named(raw):
 
 
 def test_unknown_section_is_named(raw):
-    _rejects(
-        raw, "trian", {},
-        "trian: unknown section (allowed: download, prepare, train, baseline, birnn, stacked, evaluate, compare)",
-    )
+    sections = "download, prepare, train, baseline, birnn, stacked, evaluate, compare"
+    _rejects(raw, "trian", {}, f"trian: unknown section (allowed: {sections})")
 
 
 def test_missing_key_is_named(raw):
@@ -99,7 +102,11 @@ def test_the_old_single_seed_is_an_unknown_key(raw):
         ("train.lr", True, "train.lr: must be a number in (0, 10], got True"),
         ("train.lr", "0.1", "train.lr: must be a number in (0, 10], got '0.1'"),
         ("birnn.cell", "transformer", "birnn.cell: must be one of 'rnn', 'gru', 'lstm', got 'transformer'"),
-        ("train.batch_size", "all", "train.batch_size: must be an integer in [1, 1000000], or null for full batch"),
+        (
+            "train.batch_size",
+            "all",
+            "train.batch_size: must be an integer in [1, 1000000], or null for full batch",
+        ),
         ("train.seeds", 42, "train.seeds: must be a list of 1 to 32 distinct items, each an integer"),
         ("train.seeds", [42, 42.0], "train.seeds[1]: must be an integer in [0, 2147483647], got 42.0"),
         ("download.text_field", 7, "download.text_field: must be a non-empty string, got 7"),
@@ -116,7 +123,11 @@ def test_wrong_types_are_rejected(raw, path, value, expected):
     [
         ("prepare.max_len", 0, "prepare.max_len: must be an integer in [1, 100000], got 0"),
         ("birnn.dropout", 1.5, "birnn.dropout: must be a number in [0, 1), got 1.5"),
-        ("prepare.val_fraction", 0.5, "prepare.test_fraction: val_fraction + test_fraction must be below 0.9"),
+        (
+            "prepare.val_fraction",
+            0.5,
+            "prepare.test_fraction: val_fraction + test_fraction must be below 0.9",
+        ),
         ("prepare.test_fraction", 1.0, "prepare.test_fraction: must be a number in (0, 1), got 1.0"),
         ("train.patience", 0, "train.patience: must be an integer in [1, 100000], got 0"),
         ("train.processes", 65, "train.processes: must be an integer in [1, 64], got 65"),
@@ -125,7 +136,11 @@ def test_wrong_types_are_rejected(raw, path, value, expected):
         ("train.seeds", list(range(33)), "train.seeds: must be a list of 1 to 32 distinct items"),
         ("train.seeds", [3, 1, 3], "train.seeds: must be distinct, 3 appears more than once"),
         ("stacked.num_layers", 17, "stacked.num_layers: must be an integer in [1, 16], got 17"),
-        ("compare.targets.min_val_accuracy", 1.2, "compare.targets.min_val_accuracy: must be a number in [0, 1]"),
+        (
+            "compare.targets.min_val_accuracy",
+            1.2,
+            "compare.targets.min_val_accuracy: must be a number in [0, 1]",
+        ),
     ],
 )
 def test_out_of_range_values_are_rejected(raw, path, value, expected):
@@ -137,15 +152,21 @@ def test_out_of_range_values_are_rejected(raw, path, value, expected):
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        ({"source": "url", "url": "http://127.0.0.1/x.csv", "sha256": None}, "download.sha256: must be the 64-hex"),
-        ({"source": "url", "url": "ftp://x/y.csv", "sha256": "0" * 64}, "download.url: must be an http:// or"),
+        (
+            {"source": "url", "url": "http://127.0.0.1/x.csv", "sha256": None},
+            "download.sha256: must be the 64-hex",
+        ),
+        (
+            {"source": "url", "url": "ftp://x/y.csv", "sha256": "0" * 64},
+            "download.url: must be an http(s):// URL when source is url, got 'ftp://x/y.csv'",
+        ),
         ({"source": "csv", "path": None}, "download.path: must be a file path when source is csv"),
         ({"source": "jsonl", "path": ""}, "download.path: must be a file path when source is jsonl"),
     ],
 )
 def test_download_source_requires_its_settings(raw, overrides, expected):
     raw["download"].update(overrides)
-    with pytest.raises(P.ParamsError, match="^" + expected.replace(".", r"\.")):
+    with pytest.raises(P.ParamsError, match="^" + re.escape(expected)):
         P.parse(raw)
 
 
@@ -182,16 +203,34 @@ BAD_FILES = {
         ("seeds: [42, 43, 44, 45, 46]", "seeds: [18446744073709551616]"),
         "train.seeds[0]: must be an integer in [0, 2147483647], got 18446744073709551616",
     ),
-    "max_len 1e9": (("max_len: 100 ", "max_len: 1e9 "), "prepare.max_len: must be an integer in [1, 100000], got 1000000000.0"),
-    "max_len 10**9": (("max_len: 100 ", "max_len: 1000000000 "), "prepare.max_len: must be an integer in [1, 100000], got 1000000000"),
+    "max_len 1e9": (
+        ("max_len: 100 ", "max_len: 1e9 "),
+        "prepare.max_len: must be an integer in [1, 100000], got 1000000000.0",
+    ),
+    "max_len 10**9": (
+        ("max_len: 100 ", "max_len: 1000000000 "),
+        "prepare.max_len: must be an integer in [1, 100000], got 1000000000",
+    ),
     "embed_dim 10**12": (
         ("embed_dim: 50", "embed_dim: 1000000000000"),
         "baseline.embed_dim: must be an integer in [1, 4096], got 1000000000000",
     ),
-    "max_vocab huge": (("max_vocab: 1000 ", "max_vocab: 100000000 "), "prepare.max_vocab: must be an integer in [3, 10000000]"),
-    "batch_size huge": (("batch_size: 32 ", "batch_size: 10000000 "), "train.batch_size: must be an integer in [1, 1000000]"),
-    "max_epochs huge": (("max_epochs: 40", "max_epochs: 1000000"), "train.max_epochs: must be an integer in [1, 100000]"),
-    "billion laughs": ((PARAMS_TEXT, LAUGHS), "bad.yaml: YAML aliases (*name) are not supported; write the value out (line 2)"),
+    "max_vocab huge": (
+        ("max_vocab: 1000 ", "max_vocab: 100000000 "),
+        "prepare.max_vocab: must be an integer in [3, 10000000]",
+    ),
+    "batch_size huge": (
+        ("batch_size: 32 ", "batch_size: 10000000 "),
+        "train.batch_size: must be an integer in [1, 1000000]",
+    ),
+    "max_epochs huge": (
+        ("max_epochs: 40", "max_epochs: 1000000"),
+        "train.max_epochs: must be an integer in [1, 100000]",
+    ),
+    "billion laughs": (
+        (PARAMS_TEXT, LAUGHS),
+        "bad.yaml: YAML aliases (*name) are not supported, write values out (line 2)",
+    ),
     "nested 600 deep": (
         ("lr: 0.003", "lr: " + "[" * 600 + "]" * 600),
         "bad.yaml: nested more than 20 levels deep (line",
@@ -201,7 +240,10 @@ BAD_FILES = {
         "bad.yaml: nested more than 20 levels deep (line 20)",
     ),
     "bad date": (("lr: 0.003", "lr: 2001-13-01"), "bad.yaml: not valid YAML (month must be in 1..12)"),
-    "5000-digit integer": (("lr: 0.003", "lr: " + "9" * 5000), "bad.yaml: not valid YAML (Exceeds the limit (4300"),
+    "5000-digit integer": (
+        ("lr: 0.003", "lr: " + "9" * 5000),
+        "bad.yaml: not valid YAML (Exceeds the limit (4300",
+    ),
 }
 
 
@@ -224,7 +266,9 @@ def test_bad_params_file_is_one_line(tmp_path, monkeypatch, case):
     assert "\n" not in str(err.value) and len(str(err.value)) < 200
 
 
-@pytest.mark.parametrize("case", ["lr inf", "seeds 2**64", "embed_dim 10**12", "billion laughs", "nested 600 deep"])
+@pytest.mark.parametrize(
+    "case", ["lr inf", "seeds 2**64", "embed_dim 10**12", "billion laughs", "nested 600 deep"]
+)
 def test_cli_refuses_a_bad_params_file_with_exit_2_and_writes_nothing(tmp_path, monkeypatch, case):
     edit, expected = BAD_FILES[case]
     monkeypatch.chdir(tmp_path)
@@ -242,10 +286,15 @@ def test_a_50_mb_params_file_is_refused_without_reading_it(tmp_path):
         file.truncate(50 * 2**20)  # sparse: costs no disk
     result = subprocess.run(
         [sys.executable, "-m", "pipeline", "prepare", "--params", str(big)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr == f"error: {big}: params file is over 1,000,000 bytes; it holds settings, not data\n"
+    assert (
+        result.stderr == f"error: {big}: params file is over 1,000,000 bytes; it holds settings, not data\n"
+    )
     assert sorted(os.listdir(tmp_path)) == ["big.yaml"]
 
 
@@ -269,7 +318,7 @@ def test_cli_misspelt_key_exits_2_with_one_line(tmp_path, monkeypatch, raw, comm
         (None, "params.yaml: params file not found"),
         ("a: [1, 2", "params.yaml: not valid YAML at line 1"),
         ("- 1\n- 2\n", "params: the file must hold a mapping of sections, got [1, 2]"),
-        (b"\xff\xfe", "params.yaml: cannot read params file (not UTF-8 at byte 0)"),
+        (b"\xff\xfe", "params.yaml: cannot read params file (not UTF-8, byte 0)"),
         ("a: \x07", "params.yaml: not valid YAML (special characters are not allowed)"),
     ],
 )
@@ -285,6 +334,7 @@ def test_cli_unreadable_params_file_exits_2(tmp_path, monkeypatch, content, expe
 
 
 # Property tests: whatever the file holds, the loader answers with Params or one ParamsError line.
+
 
 def _leaves(node, path=()):
     if isinstance(node, dict):
@@ -302,12 +352,63 @@ LEAVES = list(_leaves(yaml.safe_load(PARAMS_TEXT)))
 HOLE = "HOLE-7f3a"
 # YAML scalars that PyYAML resolves to something other than a plain string, or cannot read.
 TRICKY = [
-    "~", "null", "yes", "No", "on", "true", "0", "-0", "007", "0o17", "0x1F", "0b101", "1_000", "1:30",
-    "190:20:30", ".inf", "-.Inf", ".NaN", "1e6", "1E-3", "1.5e+308", "1e400", "-1", str(2**64), str(2**31),
-    "3.5", "2001-12-14", "2001-12-14t21:59:43.10-05:00", "2001-13-45", "!!binary aGk=", "!!set {a, b}",
-    "!!float 1", "!!int '3'", "!!str 5", "!!python/name:os.system", "&anchor 1", "*alias", "[", "{", "'",
-    '"', "- a", "? a", "|", ">", "%", "@", "`", "{a: 1}", "[1, 2]", "[[[[[[1]]]]]]", "\t", "\x85", "\u2028",
-    "''", '""', "'" + "x" * 5000 + "'",
+    "~",
+    "null",
+    "yes",
+    "No",
+    "on",
+    "true",
+    "0",
+    "-0",
+    "007",
+    "0o17",
+    "0x1F",
+    "0b101",
+    "1_000",
+    "1:30",
+    "190:20:30",
+    ".inf",
+    "-.Inf",
+    ".NaN",
+    "1e6",
+    "1E-3",
+    "1.5e+308",
+    "1e400",
+    "-1",
+    str(2**64),
+    str(2**31),
+    "3.5",
+    "2001-12-14",
+    "2001-12-14t21:59:43.10-05:00",
+    "2001-13-45",
+    "!!binary aGk=",
+    "!!set {a, b}",
+    "!!float 1",
+    "!!int '3'",
+    "!!str 5",
+    "!!python/name:os.system",
+    "&anchor 1",
+    "*alias",
+    "[",
+    "{",
+    "'",
+    '"',
+    "- a",
+    "? a",
+    "|",
+    ">",
+    "%",
+    "@",
+    "`",
+    "{a: 1}",
+    "[1, 2]",
+    "[[[[[[1]]]]]]",
+    "\t",
+    "\x85",
+    "\u2028",
+    "''",
+    '""',
+    "'" + "x" * 5000 + "'",
 ]
 SCALARS = st.one_of(
     st.sampled_from(TRICKY),
@@ -317,7 +418,10 @@ SCALARS = st.one_of(
     st.text(max_size=40),
 )
 PROPERTY = settings(
-    max_examples=150, deadline=None, database=None, derandomize=True,
+    max_examples=150,
+    deadline=None,
+    database=None,
+    derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
@@ -364,7 +468,9 @@ def test_any_unicode_text_is_params_or_one_line(tmp_path, text):
 
 JSONISH = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
     max_leaves=8,
 )
 
