@@ -1,302 +1,374 @@
-"""params.yaml loaded into frozen, validated dataclasses, one per section.
+"""params.yaml loaded into frozen, validated pydantic dataclasses, one per section.
 
 Every key is checked before any stage starts: unknown or missing keys, wrong types and
 out-of-range values raise ParamsError naming the key path, so a typo in
-`dvc exp run -S birnn.dropuot=0.4` fails at once instead of being ignored.
+`dvc exp run -S birnn.dropuot=0.4` fails at once instead of being ignored. Types are strict
+(YAML `yes` is not a number, 3.5 is not an integer) and every number is finite and bounded,
+so no setting reaches a stage as NaN, a negative seed or a terabyte-sized layer.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
-from dataclasses import dataclass
+import functools
+import re
+import reprlib
+import textwrap
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
+from pydantic.dataclasses import dataclass
+from pydantic_core.core_schema import ValidationInfo
 
 from pipeline.errors import UserError
+
+MAX_FILE_BYTES = 1_000_000  # settings, not data; PyYAML needs about 4 s per MB
+MAX_DEPTH = 20  # params nest 4 levels; PyYAML's composer recurses and overflows near 300
 
 
 class ParamsError(UserError):
     """params.yaml is missing, malformed or holds a value the pipeline cannot use."""
 
+    def __init__(self, message: str) -> None:
+        # One line whatever a key or value holds: the CLI prints it as `error: ...`.
+        printable = "".join(c if c.isprintable() else " " for c in message)
+        super().__init__(" ".join(printable.split()))
 
-def _check(ok: bool, key: str, allowed: str) -> None:
-    if not ok:
-        raise ParamsError(f"{key}: must be {allowed}")
+
+# Scalars are Strict* (no bool/str/float-to-int coercion); strict mode for the whole config
+# would also demand section instances where YAML gives mappings.
+_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
+# Within what every RNG the pipeline seeds accepts (numpy, torch).
+Seed = Annotated[StrictInt, Field(ge=0, le=2**31 - 1)]
+# A section the caller did not ask for; parse() refuses a missing one that it did ask for.
+_ABSENT: Any = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class DownloadParams:
-    source: Literal["bbc-news", "csv", "jsonl", "url"]
-    path: str | None
-    url: str | None
-    sha256: str | None
-    text_field: str
-    label_field: str
+    source: Literal["bbc-news", "csv", "jsonl", "url"] = Field()
+    path: StrictStr | None = Field()
+    url: StrictStr | None = Field()
+    sha256: StrictStr | None = Field()
+    text_field: StrictStr = Field(min_length=1)
+    label_field: StrictStr = Field(min_length=1)
 
-    def validate(self, key: str) -> None:
-        if self.source in ("csv", "jsonl"):
-            _check(bool(self.path), f"{key}.path", f"a file path when source is {self.source}")
-        if self.source == "url":
-            _check(bool(self.url), f"{key}.url", "an http(s) URL when source is url")
-            _check(
-                str(self.url).startswith(("http://", "https://")),
-                f"{key}.url",
-                "an http:// or https:// URL",
-            )
-            sha = (self.sha256 or "").lower()
-            _check(
-                len(sha) == 64 and all(c in "0123456789abcdef" for c in sha),
-                f"{key}.sha256",
-                "the 64-hex-digit sha256 of the file at download.url",
-            )
-        _check(bool(self.text_field), f"{key}.text_field", "a non-empty field name")
-        _check(bool(self.label_field), f"{key}.label_field", "a non-empty field name")
+    @field_validator("path", "url", "sha256")
+    @classmethod
+    def _needed_by_source(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Fields validate in order, so a valid `source` is already in info.data.
+        source, name = info.data.get("source"), info.field_name
+        if name == "path" and source in ("csv", "jsonl") and not value:
+            raise ValueError(f"must be a file path when source is {source}")
+        if name == "url" and source == "url" and not re.match(r"https?://", value or ""):
+            raise ValueError(f"must be an http(s):// URL when source is url, got {_show(value)}")
+        if name == "sha256" and source == "url" and not re.fullmatch(r"[0-9a-fA-F]{64}", value or ""):
+            raise ValueError("must be the 64-hex-digit sha256 of the file at download.url")
+        return value
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class PrepareParams:
-    seed: int
-    val_fraction: float
-    test_fraction: float
-    min_freq: int
-    max_vocab: int
-    max_len: int
-    keep: Literal["head", "tail"]
+    seed: Seed = Field()
+    val_fraction: StrictFloat = Field(gt=0, lt=1)
+    test_fraction: StrictFloat = Field(gt=0, lt=1)
+    min_freq: StrictInt = Field(ge=1, le=1_000_000)
+    max_vocab: StrictInt = Field(ge=3, le=10_000_000)  # <pad>, <unk> and at least one word
+    max_len: StrictInt = Field(ge=1, le=100_000)
+    keep: Literal["head", "tail"] = Field()
 
-    def validate(self, key: str) -> None:
-        _check(0 < self.val_fraction < 1, f"{key}.val_fraction", "between 0 and 1 (exclusive)")
-        _check(0 < self.test_fraction < 1, f"{key}.test_fraction", "between 0 and 1 (exclusive)")
-        _check(
-            self.val_fraction + self.test_fraction < 0.9,
-            f"{key}.val_fraction + {key}.test_fraction",
-            "below 0.9 so that training data remains",
-        )
-        _check(self.min_freq >= 1, f"{key}.min_freq", "an integer >= 1")
-        _check(self.max_vocab >= 3, f"{key}.max_vocab", "an integer >= 3 (<pad>, <unk> and a word)")
-        _check(self.max_len >= 1, f"{key}.max_len", "an integer >= 1")
+    @field_validator("test_fraction")
+    @classmethod
+    def _leaves_training_data(cls, value: float, info: ValidationInfo) -> float:
+        total = info.data.get("val_fraction", 0) + value
+        if total >= 0.9:
+            raise ValueError(
+                f"val_fraction + test_fraction must be below 0.9 so that training data remains, got {total:g}"
+            )
+        return value
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class TrainParams:
-    seed: int
-    batch_size: int | None
-    max_epochs: int
-    patience: int
-    optimizer: Literal["adam", "adamw"]
-    lr: float
-    weight_decay: float
-    grad_clip: float | None
-    device: Literal["auto", "cpu", "cuda"]
-    threads: int
+    # Each model trains once per seed.
+    seeds: tuple[Seed, ...] = Field(
+        strict=True, min_length=1, max_length=32, json_schema_extra={"uniqueItems": True}
+    )
+    batch_size: StrictInt | None = Field(ge=1, le=1_000_000, description="null for full batch")
+    max_epochs: StrictInt = Field(ge=1, le=100_000)
+    patience: StrictInt = Field(ge=1, le=100_000)
+    optimizer: Literal["adam", "adamw"] = Field()
+    lr: StrictFloat = Field(gt=0, le=10)
+    weight_decay: StrictFloat = Field(ge=0, le=10)
+    grad_clip: StrictFloat | None = Field(gt=0, le=1_000_000, description="null for no clipping")
+    device: Literal["auto", "cpu", "cuda"] = Field()
+    processes: StrictInt = Field(ge=1, le=64)  # data-parallel processes under torchrun
+    threads: StrictInt = Field(ge=1, le=256)
 
-    def validate(self, key: str) -> None:
-        if self.batch_size is not None:
-            _check(self.batch_size >= 1, f"{key}.batch_size", "an integer >= 1, or null for full batch")
-        _check(self.max_epochs >= 1, f"{key}.max_epochs", "an integer >= 1")
-        _check(self.patience >= 1, f"{key}.patience", "an integer >= 1")
-        _check(self.lr > 0, f"{key}.lr", "a number > 0")
-        _check(self.weight_decay >= 0, f"{key}.weight_decay", "a number >= 0")
-        if self.grad_clip is not None:
-            _check(self.grad_clip > 0, f"{key}.grad_clip", "a number > 0, or null for no clipping")
-        _check(self.threads >= 1, f"{key}.threads", "an integer >= 1")
+    @field_validator("seeds", mode="wrap")
+    @classmethod
+    def _distinct(cls, value: Any, handler: Any) -> tuple[int, ...]:
+        # YAML gives a list; a set (`!!set`) has no order, so the strict tuple still refuses it.
+        seeds: tuple[int, ...] = handler(tuple(value) if isinstance(value, list) else value)
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        if repeated:
+            raise ValueError(f"must be distinct, {repeated[0]} appears more than once")
+        return seeds
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class ModelParams:
-    cell: Literal["rnn", "gru", "lstm"]
-    embed_dim: int
-    hidden_dim: int
-    num_layers: int
-    bidirectional: bool
-    dropout: float
-    word_dropout: float
-    readout: Literal["final", "mean", "max"]
+    cell: Literal["rnn", "gru", "lstm"] = Field()
+    embed_dim: StrictInt = Field(ge=1, le=4096)
+    hidden_dim: StrictInt = Field(ge=1, le=4096)
+    num_layers: StrictInt = Field(ge=1, le=16)
+    bidirectional: StrictBool = Field()
+    dropout: StrictFloat = Field(ge=0, lt=1)
+    word_dropout: StrictFloat = Field(ge=0, lt=1)
+    readout: Literal["final", "mean", "max"] = Field()
     # Training-time, per model: stop on validation loss after train.patience epochs without
     # improvement and keep the best epoch; false runs all train.max_epochs, like the seed's loop.
-    early_stopping: bool
-
-    def validate(self, key: str) -> None:
-        _check(self.embed_dim >= 1, f"{key}.embed_dim", "an integer >= 1")
-        _check(self.hidden_dim >= 1, f"{key}.hidden_dim", "an integer >= 1")
-        _check(self.num_layers >= 1, f"{key}.num_layers", "an integer >= 1")
-        _check(0 <= self.dropout < 1, f"{key}.dropout", "in [0, 1)")
-        _check(0 <= self.word_dropout < 1, f"{key}.word_dropout", "in [0, 1)")
+    early_stopping: StrictBool = Field()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class ReferenceParams:
-    max_features: int
-    ngram_max: int
-    C: float
-
-    def validate(self, key: str) -> None:
-        _check(self.max_features >= 1, f"{key}.max_features", "an integer >= 1")
-        _check(self.ngram_max >= 1, f"{key}.ngram_max", "an integer >= 1")
-        _check(self.C > 0, f"{key}.C", "a number > 0")
+    max_features: StrictInt = Field(ge=1, le=10_000_000)
+    ngram_max: StrictInt = Field(ge=1, le=10)
+    C: StrictFloat = Field(gt=0, le=1_000_000)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class EvaluateParams:
-    batch_size: int
-    reference: ReferenceParams
-
-    def validate(self, key: str) -> None:
-        _check(self.batch_size >= 1, f"{key}.batch_size", "an integer >= 1")
+    batch_size: StrictInt = Field(ge=1, le=1_000_000)
+    reference: ReferenceParams = Field()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class Targets:
-    min_val_accuracy: float
-    max_train_accuracy: float
-    max_parameter_ratio: float
-
-    def validate(self, key: str) -> None:
-        _check(0 <= self.min_val_accuracy <= 1, f"{key}.min_val_accuracy", "in [0, 1]")
-        _check(0 <= self.max_train_accuracy <= 1, f"{key}.max_train_accuracy", "in [0, 1]")
-        _check(self.max_parameter_ratio > 0, f"{key}.max_parameter_ratio", "a number > 0")
+    min_val_accuracy: StrictFloat = Field(ge=0, le=1)
+    max_train_accuracy: StrictFloat = Field(ge=0, le=1)
+    max_parameter_ratio: StrictFloat = Field(gt=0, le=1000)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class CompareParams:
-    targets: Targets
+    targets: Targets = Field()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class Params:
-    download: DownloadParams
-    prepare: PrepareParams
-    train: TrainParams
-    baseline: ModelParams
-    birnn: ModelParams
-    evaluate: EvaluateParams
-    compare: CompareParams
+    # Written as `train:` with nothing under it, a section is refused like any non-mapping.
+    download: DownloadParams = _ABSENT
+    prepare: PrepareParams = _ABSENT
+    train: TrainParams = _ABSENT
+    baseline: ModelParams = _ABSENT
+    birnn: ModelParams = _ABSENT
+    stacked: ModelParams = _ABSENT
+    evaluate: EvaluateParams = _ABSENT
+    compare: CompareParams = _ABSENT
 
     def model(self, name: str) -> ModelParams:
-        return getattr(self, name)
+        section: ModelParams = getattr(self, name)
+        return section
 
 
-MODELS = ("baseline", "birnn")
+MODELS = ("baseline", "birnn", "stacked")
+
+_repr = reprlib.Repr()
+_repr.maxlevel, _repr.maxstring, _repr.maxother, _repr.maxlong = 2, 40, 40, 40
 
 
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        names = [_type_name(a) for a in args if a is not type(None)]
-        return " or ".join(names) + (" or null" if type(None) in args else "")
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[tp]
+def _show(value: Any) -> str:
+    """A short repr: an echoed value never floods the terminal."""
+    try:
+        text = _repr.repr(list(value) if isinstance(value, tuple) else value)  # YAML has no tuples
+    except Exception:  # e.g. an int past Python's 4300-digit str limit
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, key)
-            except ParamsError:
-                pass
-        raise ParamsError(f"{key}: must be {_type_name(tp)}, got {value!r}")
-    if origin is Literal:
-        if value in typing.get_args(tp) and isinstance(value, str):
-            return value
-        raise ParamsError(f"{key}: must be {_type_name(tp)}, got {value!r}")
-    # bool is an int subclass in Python; YAML `yes`/`true` must not pass as a number.
-    if tp is bool and isinstance(value, bool):
-        return value
-    if tp is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is str and isinstance(value, str):
-        return value
-    raise ParamsError(f"{key}: must be {_type_name(tp)}, got {value!r}")
+_ADAPTER = TypeAdapter(Params)
 
 
-def _build(cls: type, raw: Any, key: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{key}: must be a mapping of keys to values, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(raw) - set(names), key=str)
-    if unknown:
-        raise ParamsError(
-            f"{key}.{unknown[0]}: unknown key (allowed: {', '.join(names)})"
-        )
-    missing = [n for n in names if n not in raw]
-    if missing:
-        raise ParamsError(f"{key}.{missing[0]}: missing key ({_type_name(hints[missing[0]])})")
-    obj = cls(**{n: _convert(raw[n], hints[n], f"{key}.{n}") for n in names})
-    if hasattr(obj, "validate"):
-        obj.validate(key)
-    return obj
+@functools.cache
+def _schema() -> dict[str, Any]:
+    return _ADAPTER.json_schema()
+
+
+def _node(loc: tuple[Any, ...]) -> dict[str, Any]:
+    """The JSON schema of the value at `loc`; "nullable" holds the field if null is allowed."""
+    schema = node = _schema()
+    for part in (*loc, None):
+        if "anyOf" in node:
+            node = {**next(b for b in node["anyOf"] if b.get("type") != "null"), "nullable": node}
+        if "$ref" in node:
+            node = schema["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+        if part is not None:
+            node = node["items"] if isinstance(part, int) else node["properties"][part]
+    return node
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+def _interval(node: dict[str, Any]) -> str:
+    """`[0, 1)` from the schema's minimum / exclusiveMaximum and the like."""
+    low = node["minimum"] if "minimum" in node else node["exclusiveMinimum"]
+    high = node["maximum"] if "maximum" in node else node["exclusiveMaximum"]
+    opening, closing = "(["["minimum" in node], ")]"["maximum" in node]
+    return f"{opening}{_num(low)}, {_num(high)}{closing}"
+
+
+def _describe(node: dict[str, Any]) -> str:
+    """What a value must be, in words, from its schema: `an integer in [1, 100000]`."""
+    kind = node.get("type")
+    if "enum" in node:
+        what = "one of " + ", ".join(repr(v) for v in node["enum"])
+    elif kind in ("integer", "number"):
+        what = f"{'an integer' if kind == 'integer' else 'a number'} in {_interval(node)}"
+    elif kind == "array":
+        items, distinct = _describe(node["items"]), "distinct " if node.get("uniqueItems") else ""
+        what = f"a list of {node['minItems']} to {node['maxItems']} {distinct}items, each {items}"
+    elif kind == "string":
+        what = "a non-empty string" if node.get("minLength") else "a string"
+    else:
+        what = "true or false" if kind == "boolean" else "a mapping of keys to values"
+    if node.get("nullable"):
+        what += ", or " + node["nullable"].get("description", "null")
+    return what
+
+
+def _key(loc: tuple[Any, ...]) -> str:
+    """`train.lr`, `train.seeds[0]`; a key that is not a plain word is quoted."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            plain = isinstance(part, str) and re.fullmatch(r"[\w-]{1,60}", part)
+            path += ("." if path else "") + (part if plain else _show(part))
+    return path
+
+
+_UNKNOWN = ("unexpected_keyword_argument", "extra_forbidden", "invalid_key")
+
+
+def _message(error: Any) -> str:
+    """One pydantic error as `<key.path>: <what is wrong>`."""
+    loc, kind = tuple(error["loc"]), error["type"]
+    if not loc:
+        return f"params: the file must hold a mapping of sections, got {_show(error['input'])}"
+    if kind in _UNKNOWN:
+        # The last part is the key as written, whatever YAML made of it (`1:`, `null:`).
+        parent, name = _key(loc[:-1]), _key((str(loc[-1]),))
+        allowed = ", ".join(_node(loc[:-1])["properties"])
+        where = f"{parent}.{name}: unknown key" if parent else f"{name}: unknown section"
+        return f"{where} (allowed: {allowed})"
+    if kind == "value_error":
+        return f"{_key(loc)}: {error['ctx']['error']}"
+    what = _describe(_node(loc))
+    if kind == "missing":
+        return f"{_key(loc)}: missing key ({what})"
+    if kind == "finite_number":
+        what = what.replace("a number", "a finite number", 1)
+    return f"{_key(loc)}: must be {what}, got {_show(error['input'])}"
 
 
 def parse(raw: Any, sections: tuple[str, ...] | None = None) -> Params:
     """Validate a params mapping. With `sections`, only those sections are required."""
-    if not isinstance(raw, dict):
-        raise ParamsError("params: the file must hold a mapping of sections")
-    hints = typing.get_type_hints(Params)
-    names = [f.name for f in dataclasses.fields(Params)]
-    unknown = sorted(set(raw) - set(names), key=str)
-    if unknown:
-        raise ParamsError(f"{unknown[0]}: unknown section (allowed: {', '.join(names)})")
-    wanted = names if sections is None else sections
-    values: dict[str, Any] = {n: None for n in names}
-    for name in names:
-        # Every section present is checked, so a typo anywhere fails any command early;
-        # only the caller's own sections are required.
-        if name in raw:
-            values[name] = _build(hints[name], raw[name], name)
-        elif name in wanted:
+    try:
+        params = _ADAPTER.validate_python(raw)
+    except ValidationError as exc:
+        # Every section present is checked, so a typo anywhere fails any command early.
+        # A misspelt key is the likeliest mistake and explains the rest: name it first.
+        errors = sorted(exc.errors(include_url=False), key=lambda e: e["type"] not in _UNKNOWN)
+        raise ParamsError(_message(errors[0])) from None
+    for name in sections or _schema()["properties"]:
+        if getattr(params, name) is None:
             raise ParamsError(f"{name}: missing section")
-    return Params(**values)
+    return params
+
+
+class _Refused(Exception):
+    """YAML that is valid but that params never need, and that could exhaust memory or stack."""
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases and with bounded nesting.
+
+    An alias lets a few hundred bytes expand to gigabytes (the "billion laughs"), and the
+    composer recurses once per level of nesting.
+    """
+
+    depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent):
+            raise _Refused(f"YAML aliases (*name) are not supported, write values out (line {line})")
+        if self.depth >= MAX_DEPTH:
+            raise _Refused(f"nested more than {MAX_DEPTH} levels deep (line {line})")
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+# YAML 1.2 floats without a dot (`1e-3`), as DVC reads them; PyYAML's YAML 1.1 says string.
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _read(path: Path) -> str:
+    try:
+        with path.open("rb") as file:
+            data = file.read(MAX_FILE_BYTES + 1)  # never more: the path may be /dev/zero
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: params file not found") from None
+    except OSError as exc:
+        raise ParamsError(f"{path}: cannot read params file ({exc.strerror or exc})") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ParamsError(
+            f"{path}: params file is over {MAX_FILE_BYTES:,} bytes; it holds settings, not data"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ParamsError(f"{path}: cannot read params file (not UTF-8, byte {exc.start})") from None
 
 
 def load(path: str | Path = "params.yaml", sections: tuple[str, ...] | None = None) -> Params:
     """Read and validate params.yaml; raise ParamsError with one readable line on any problem."""
     path = Path(path)
+    text = _read(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: params file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ParamsError(f"{path}: cannot read params file ({exc})") from None
-    try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
+    except _Refused as exc:
+        raise ParamsError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ParamsError(f"{path}: not valid YAML{where}") from None
+        problem = getattr(exc, "problem", None) or getattr(exc, "reason", None)
+        why = f" ({textwrap.shorten(problem, 80)})" if problem else ""
+        raise ParamsError(f"{path}: not valid YAML{where}{why}") from None
+    except (ValueError, OverflowError) as exc:  # a scalar PyYAML cannot build, e.g. 2001-13-01
+        raise ParamsError(f"{path}: not valid YAML ({textwrap.shorten(str(exc), 80)})") from None
     return parse(raw, sections)
-
-
-__all__ = [
-    "MODELS",
-    "CompareParams",
-    "DownloadParams",
-    "EvaluateParams",
-    "ModelParams",
-    "Params",
-    "ParamsError",
-    "PrepareParams",
-    "ReferenceParams",
-    "Targets",
-    "TrainParams",
-    "load",
-    "parse",
-]
