@@ -298,7 +298,9 @@ def test_a_50_mb_params_file_is_refused_without_reading_it(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["big.yaml"]
 
 
-@pytest.mark.parametrize("command", [["prepare"], ["download"], ["train", "birnn"], ["evaluate"]])
+@pytest.mark.parametrize(
+    "command", [["prepare"], ["download"], ["train", "birnn", "--seed", "42"], ["evaluate"]]
+)
 def test_cli_misspelt_key_exits_2_with_one_line(tmp_path, monkeypatch, raw, command):
     raw["prepare"]["max_lenn"] = raw["prepare"].pop("max_len")
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(raw))
