@@ -126,11 +126,12 @@ def predict(
         typer.Option("--text-field", help="The .csv column or .jsonl key holding the text (default: text)."),
     ] = None,
     model: Annotated[
-        str, typer.Option("--model", help="birnn or baseline (models/<name>.pt), or a checkpoint path.")
+        str, typer.Option("--model", help="birnn, stacked or baseline (models/<name>.pt), or a checkpoint path.")
     ] = "birnn",
     vocab: Annotated[
-        Path, typer.Option("--vocab", help="The vocabulary the checkpoint was trained with.")
-    ] = Path("data/prepared/vocab.json"),
+        Path | None,
+        typer.Option("--vocab", help="Check that the checkpoint was trained with this vocabulary file."),
+    ] = None,
     top_k: Annotated[
         int, typer.Option("--top-k", metavar="K", help="Show the K most likely labels.")
     ] = 1,

@@ -1,8 +1,8 @@
 """predict: label new texts with a trained checkpoint. Not a DVC stage: it reads, never writes.
 
-Reads models/<model>.pt (or any checkpoint path) and the vocabulary it was trained with,
-data/prepared/vocab.json by default; a checkpoint whose vocab_sha256 is not the sha256 of that
-file is refused. Texts come from the command line, or from a file or stdin: one text per line, or
+Reads models/<model>.pt, or any checkpoint path: a checkpoint carries its vocabulary, labels
+and truncation, so it is all predict needs. `--vocab` optionally checks that the checkpoint was
+trained with a given vocabulary file (its sha256 must match). Texts come from the command line, or from a file or stdin: one text per line, or
 one field of a .csv or .jsonl file. They go through prepare's own path (text.tokenise, then
 text.encode with the checkpoint's max_len and keep), so long texts are truncated exactly as in
 training. The model is loaded once and texts are classified in batches of similar length, so
@@ -29,10 +29,9 @@ from pipeline import io
 from pipeline.errors import UserError
 from pipeline.models import ModelConfig, RNNClassifier, predict_logits
 from pipeline.params import MODELS
-from pipeline.text import PAD_ID, UNK_ID, Vocab, encode, tokenise
+from pipeline.text import PAD, PAD_ID, UNK, UNK_ID, Vocab, encode, tokenise
 
 MODELS_DIR = Path("models")
-VOCAB = Path("data/prepared/vocab.json")
 STDIN = "-"
 BATCH_SIZE = 128  # texts per forward pass
 CHUNK = 8192  # texts encoded at once; bounds the (N, max_len) id array for very long inputs
@@ -70,15 +69,17 @@ def model_path(model: str) -> Path:
     return MODELS_DIR / f"{model}.pt" if model in MODELS else Path(model)
 
 
-def load_classifier(checkpoint: Path, vocab_path: Path) -> Classifier:
-    """The checkpoint's model in eval mode, refused unless `vocab_path` is its vocabulary."""
+def load_classifier(checkpoint: Path, vocab_path: Path | None = None) -> Classifier:
+    """The checkpoint's model in eval mode with its own vocabulary; `vocab_path`, if given, must be it."""
     ckpt = io.load_checkpoint(checkpoint)
-    vocab = Vocab.load(vocab_path)
-    if io.sha256_file(vocab_path) != ckpt["vocab_sha256"]:
-        raise UserError(
-            f"{checkpoint}: was trained with another vocabulary than {vocab_path}; pass its own "
-            "with --vocab, or run `dvc repro` to retrain on the current one"
-        )
+    tokens = ckpt.get("vocab")
+    if tokens is None:
+        raise UserError(f"{checkpoint}: holds no vocabulary (saved by an older version); retrain it with `dvc repro`")
+    if not isinstance(tokens, list) or tokens[:2] != [PAD, UNK] or not all(isinstance(t, str) for t in tokens):
+        raise UserError(f"{checkpoint}: its vocabulary is malformed (expected tokens starting with {PAD}, {UNK})")
+    vocab = Vocab(tuple(tokens))
+    if vocab_path is not None and io.sha256_file(vocab_path) != ckpt["vocab_sha256"]:
+        raise UserError(f"{checkpoint}: was trained with another vocabulary than {vocab_path}")
     try:
         cfg = ModelConfig(**ckpt["config"])
         model = RNNClassifier(cfg)
@@ -312,7 +313,7 @@ def run(
     file: str | None = None,
     *,
     model: str = "birnn",
-    vocab: Path = VOCAB,
+    vocab: Path | None = None,
     text_field: str | None = None,
     top_k: int = 1,
     as_json: bool = False,
