@@ -88,6 +88,8 @@ def launch(argv: list[str], processes: int) -> None:
 
 def _failure(stderr: str, returncode: int) -> str:
     """torchrun's failure report, as one phrase: the rank and its exit code or signal."""
+    # The ranks torchrun stopped itself are listed too; the first failure is the cause.
+    stderr = stderr[stderr.find("Root Cause") :] if "Root Cause" in stderr else stderr
     rank = re.search(r"rank\s*:\s*(\d+)", stderr)
     code = re.search(r"exitcode\s*:\s*(-?\d+)", stderr)
     signal = re.search(r"Signal (\d+) \((\w+)\)", stderr)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from pipeline import download, io, prepare, train
+from pipeline import download, io, layout, prepare, train
 from pipeline.cli import app
 from pipeline.errors import UserError
 from pipeline.models import ModelConfig, RNNClassifier, predict_logits
@@ -24,22 +24,50 @@ def prepared(tiny_params):
 
 
 def test_tiny_end_to_end_train_through_the_cli(prepared):
-    result = CliRunner().invoke(app, ["train", "birnn"])
+    result = CliRunner().invoke(app, ["train", "birnn", "--seed", "7"])
     assert result.exit_code == 0, result.output
-    summary = json.loads(Path("metrics/train_birnn.json").read_text())
+    summary = json.loads(Path("metrics/train/birnn/seed7.json").read_text())
     assert summary["epochs_run"] == 3 and 1 <= summary["best_epoch"] <= 3
     assert summary["trainable_parameters"] > 0 and summary["tokens_per_second"] > 0
-    history = Path("dvclive/birnn/plots/metrics/val/accuracy.tsv").read_text().splitlines()
+    assert summary["seed"] == 7 and summary["processes"] == 1
+    history = Path("dvclive/birnn/seed7/plots/metrics/val/accuracy.tsv").read_text().splitlines()
     assert len(history) == 1 + 3  # header and one row per epoch
     assert [row.split("\t")[0] for row in history[1:]] == ["1", "2", "3"]  # x axis = epoch
-    assert "birnn epoch   1/3  train loss" in result.output
+    assert "birnn/seed7 epoch   1/3  train loss" in result.output
+    assert not list(Path("dvclive/birnn").glob(".*"))  # no scratch folder left behind
+
+
+def test_a_seed_outside_train_seeds_is_refused(prepared):
+    result = CliRunner().invoke(app, ["train", "birnn", "--seed", "9"])
+    assert result.exit_code == 2
+    assert "--seed 9: not in train.seeds (7, 8)" in result.output
+    assert not Path("models/birnn").exists()
+
+
+def test_a_diverging_loss_stops_with_one_line_and_writes_nothing(prepared, monkeypatch):
+    train.run(prepared, "baseline", 7)
+    before = {p: p.read_bytes() for p in Path(".").rglob("*") if p.is_file() and "baseline" in str(p)}
+    forward, calls = RNNClassifier.forward, []
+
+    def diverging(self, ids, lengths):  # the weights blow up at the fifth batch
+        calls.append(1)
+        logits = forward(self, ids, lengths)
+        return logits * float("nan") if len(calls) >= 5 else logits
+
+    monkeypatch.setattr(RNNClassifier, "forward", diverging)
+    result = CliRunner().invoke(app, ["train", "baseline", "--seed", "7"])
+    assert result.exit_code == 2, result.output
+    assert "training diverged: the loss became" in result.output and "Traceback" not in result.output
+    after = {p: p.read_bytes() for p in Path(".").rglob("*") if p.is_file() and "baseline" in str(p)}
+    assert after == before
 
 
 def test_checkpoint_round_trips(prepared):
-    train.run(prepared, "baseline")
-    ckpt = io.load_checkpoint("models/baseline.pt")
+    train.run(prepared, "baseline", 7)
+    ckpt = io.load_checkpoint("models/baseline/seed7.pt")
     assert ckpt["labels"] == ["money", "sport", "tech"]
     assert ckpt["vocab_sha256"] == io.sha256_file("data/prepared/vocab.json")
+    assert ckpt["vocab"] == json.loads(Path("data/prepared/vocab.json").read_text())["tokens"]
     assert ckpt["encoding"] == {"max_len": 24, "keep": "head"}
     model = RNNClassifier(ModelConfig(**ckpt["config"]))
     model.load_state_dict(ckpt["model"])
@@ -76,44 +104,44 @@ def test_garbage_checkpoint_is_refused(tmp_path):
         io.load_checkpoint(path)
 
 
-def test_same_params_give_identical_checkpoint_and_metrics(prepared):
-    train.run(prepared, "birnn")
-    first = Path("models/birnn.pt").read_bytes()
-    first_val = Path("dvclive/birnn/plots/metrics/val/loss.tsv").read_text()
-    train.run(prepared, "birnn")
-    assert Path("models/birnn.pt").read_bytes() == first
+@pytest.mark.parametrize("name", ["birnn", "stacked"])
+def test_same_params_give_identical_checkpoint_and_metrics(prepared, name):
+    train.run(prepared, name, 7)
+    first = layout.run_checkpoint(name, 7).read_bytes()
+    first_val = (layout.run_curves(name, 7) / "plots/metrics/val/loss.tsv").read_text()
+    train.run(prepared, name, 7)
+    assert layout.run_checkpoint(name, 7).read_bytes() == first
 
     def losses(text):
         return [line.split("\t")[-1] for line in text.splitlines()]  # drop the timestamp column
 
-    assert losses(Path("dvclive/birnn/plots/metrics/val/loss.tsv").read_text()) == losses(first_val)
-    reseeded = dataclasses.replace(prepared, train=dataclasses.replace(prepared.train, seed=7))
-    train.run(reseeded, "birnn")
-    assert Path("models/birnn.pt").read_bytes() != first
+    assert losses((layout.run_curves(name, 7) / "plots/metrics/val/loss.tsv").read_text()) == losses(first_val)
+    train.run(prepared, name, 8)
+    assert layout.run_checkpoint(name, 8).read_bytes() != first
 
 
 def test_early_stopping_restores_the_best_epoch(prepared, monkeypatch):
     val_losses = iter([1.0, 0.5, 0.7, 0.9, 0.1])
     snapshots = []
-    real_score = train.score
+    real_score = train.score_shard
 
-    def scripted(model, split):
-        metrics = real_score(model, split)
+    def scripted(model, split, world, device):
+        metrics = real_score(model, split, world, device)
         if split is scripted.val:
             snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
             metrics["loss"] = next(val_losses)
         return metrics
 
     scripted.val = train.load_split("val")
-    monkeypatch.setattr(train, "score", scripted)
+    monkeypatch.setattr(train, "score_shard", scripted)
     monkeypatch.setattr(train, "load_split", lambda name: scripted.val if name == "val" else train_split)
     train_split = train.Split(*(getattr(scripted.val, k) for k in ("ids", "lengths", "labels")))
     params = dataclasses.replace(prepared, train=dataclasses.replace(prepared.train, max_epochs=10, patience=2))
-    train.run(params, "birnn")
+    train.run(params, "birnn", 7)
 
-    summary = json.loads(Path("metrics/train_birnn.json").read_text())
+    summary = json.loads(Path("metrics/train/birnn/seed7.json").read_text())
     assert summary["best_epoch"] == 2 and summary["epochs_run"] == 4  # two epochs without improvement
-    saved = io.load_checkpoint("models/birnn.pt")
+    saved = io.load_checkpoint("models/birnn/seed7.pt")
     assert saved["epoch"] == 2 and saved["best_val_loss"] == 0.5
     for key, tensor in saved["model"].items():
         assert torch.equal(tensor, snapshots[1][key]), key
@@ -122,12 +150,12 @@ def test_early_stopping_restores_the_best_epoch(prepared, monkeypatch):
 
 def test_full_batch_training_like_the_seed(prepared):
     params = dataclasses.replace(prepared, train=dataclasses.replace(prepared.train, batch_size=None))
-    train.run(params, "baseline")
-    assert json.loads(Path("metrics/train_baseline.json").read_text())["epochs_run"] == 3
+    train.run(params, "baseline", 7)
+    assert json.loads(Path("metrics/train/baseline/seed7.json").read_text())["epochs_run"] == 3
 
 
 def test_missing_prepared_data_exits_2(tiny_project):
-    result = CliRunner().invoke(app, ["train", "baseline"])
+    result = CliRunner().invoke(app, ["train", "baseline", "--seed", "7"])
     assert result.exit_code == 2
     assert "run `dvc repro prepare` first" in result.output and "Traceback" not in result.output
 
@@ -136,7 +164,7 @@ def test_missing_prepared_data_exits_2(tiny_project):
 def test_asking_for_cuda_without_a_device_exits_2(prepared):
     raw = Path("params.yaml").read_text().replace("device: auto", "device: cuda")
     Path("cuda.yaml").write_text(raw)
-    result = CliRunner().invoke(app, ["train", "birnn", "--params", "cuda.yaml"])
+    result = CliRunner().invoke(app, ["train", "birnn", "--seed", "7", "--params", "cuda.yaml"])
     assert result.exit_code == 2
     assert "train.device: cuda was asked for but no CUDA device is available" in result.output
-    assert not Path("models/birnn.pt").exists()
+    assert not Path("models/birnn").exists()
