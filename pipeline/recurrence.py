@@ -20,6 +20,7 @@ design; every readout masks them.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from collections.abc import Callable
@@ -38,7 +39,9 @@ def _compiled():
             try:
                 from torch.utils.cpp_extension import load
 
-                _KERNEL = load(name="pipeline_recurrence", sources=[str(_SOURCE)], extra_cflags=["-O2"])
+                # Named by its source's hash: checkouts of different versions never share a build.
+                digest = hashlib.sha256(_SOURCE.read_bytes()).hexdigest()[:12]
+                _KERNEL = load(name=f"pipeline_recurrence_{digest}", sources=[str(_SOURCE)], extra_cflags=["-O2"])
             except Exception as exc:  # no compiler, no ninja, a read-only cache: slower, same maths
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 print(f"note: C++ recurrence unavailable ({first[:120]}); using the PyTorch loop", file=sys.stderr)
