@@ -166,7 +166,7 @@ def fit(
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
         torch.manual_seed(seed + 7919 * world.rank)  # each rank its own dropout masks
     optimizer = _make_optimizer(model, t)
-    kept = {"epoch": 0, "val_loss": math.inf, "state": None}
+    kept: dict = {"epoch": 0, "val_loss": math.inf, "state": None, "scores": {}}
     lowest_val_loss = math.inf
     tokens_total, seconds_total, epochs_run, bad_epochs = 0, 0.0, 0, 0
     progress = _Progress(name, t.max_epochs, world.main)
@@ -192,7 +192,10 @@ def fit(
             lowest_val_loss = min(lowest_val_loss, val_m["loss"])
             bad_epochs = 0 if improved else bad_epochs + 1
             if improved or not early_stopping:
-                kept = {"epoch": epoch, "val_loss": val_m["loss"], "state": copy.deepcopy(model.state_dict())}
+                kept = {
+                    "epoch": epoch, "val_loss": val_m["loss"], "state": copy.deepcopy(model.state_dict()),
+                    "scores": {"train_accuracy": train_m["accuracy"], "val_accuracy": val_m["accuracy"]},
+                }
             progress.epoch(
                 f"{name} epoch {epoch:3d}/{t.max_epochs}  train loss {train_m['loss']:.4f} "
                 f"acc {train_m['accuracy']:.3f} | val loss {val_m['loss']:.4f} "
@@ -206,6 +209,7 @@ def fit(
     return {
         "best_epoch": kept["epoch"],
         "best_val_loss": kept["val_loss"],
+        **kept["scores"],  # eval-mode accuracies of the kept epoch
         "epochs_run": epochs_run,
         "train_seconds": round(seconds_total, 3),
         "tokens_per_second": round(tokens_total / seconds_total, 1) if seconds_total else 0.0,
