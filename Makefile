@@ -25,7 +25,10 @@ repro: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# Benchmarks print ratios measured side by side in one run; run them on an idle machine.
 bench: $(STAMP)
+	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/train_processes.py
 	$(BIN)/python benchmarks/predict_throughput.py
 
 clean:

@@ -171,15 +171,18 @@ def build(params: Params) -> tuple[dict, dict]:
         return [scores[name][str(s)][split]["accuracy"] for s in seeds]
 
     b, c = discordant(read_predictions("baseline"), read_predictions("birnn"))
+    def headline_of(name: str) -> dict:
+        # A reference is one deterministic fit: its value alone; a model: mean and sd over seeds.
+        keys = ("mean", "sd") if name in MODELS else ("mean",)
+        pick = (lambda s: {k: s[k] for k in keys}) if name in MODELS else (lambda s: s["mean"])
+        return {
+            **{s: {m: pick(summaries[name][s][m]) for m in SCORES} for s in SPLITS},
+            "gap": pick(summaries[name]["gap"]),
+        }
+
     headline = {
         "seeds": len(seeds),
-        **{
-            name: {
-                **{s: {m: {k: summaries[name][s][m][k] for k in ("mean", "sd")} for m in SCORES} for s in SPLITS},
-                "gap": {k: summaries[name]["gap"][k] for k in ("mean", "sd")},
-            }
-            for name in summaries
-        },
+        **{name: headline_of(name) for name in summaries},
         "targets": {name: {k: {"value": t["value"], "met": t["met"], "seeds_met": t["seeds_met"]} for k, t in ts.items()}
                     for name, ts in targets.items()},
     }
