@@ -41,7 +41,7 @@ def _compiled():
 
                 # Named by its source's hash: checkouts of different versions never share a build.
                 digest = hashlib.sha256(_SOURCE.read_bytes()).hexdigest()[:12]
-                _KERNEL = load(name=f"pipeline_recurrence_{digest}", sources=[str(_SOURCE)], extra_cflags=["-O2"])
+                _KERNEL = load(name=f"pipeline_recurrence_{digest}", sources=[str(_SOURCE)], extra_cflags=["-O3"])
             except Exception as exc:  # no compiler, no ninja, a read-only cache: slower, same maths
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 print(f"note: C++ recurrence unavailable ({first[:120]}); using the PyTorch loop", file=sys.stderr)
@@ -53,35 +53,43 @@ _KERNEL = None
 
 
 class TanhRecurrence(torch.autograd.Function):
-    """h_t = tanh(pre_t + h_{t-1} W_d^T), h_0 = 0, for pre (D, T, B, H) and weight (D, H, H)."""
+    """h_t = tanh(pre_t + h_{t-1} W_d^T), h_0 = 0, for pre (D, T * B, H) and weight (D, H, H).
+
+    Returns the states in pre's own buffer, (D, T * B, H).
+    """
 
     @staticmethod
-    def forward(ctx, pre: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        # pre is a fresh buffer from fused_rnn, and no other op's backward needs it: the
-        # states are written into it in place, saving a (D, T, B, H) copy.
+    def forward(ctx, flat: torch.Tensor, weight: torch.Tensor, steps: int) -> torch.Tensor:
+        # flat is a fresh buffer from fused_rnn, and no other op's backward needs it: the
+        # states are written into it in place, saving a (D, T, B, H) copy. It must not be a
+        # view: autograd would then copy the whole base twice on the way back.
+        ctx.mark_dirty(flat)
+        pre = flat.view(flat.size(0), steps, -1, flat.size(-1))
         kernel = _compiled() if pre.device.type == "cpu" else None
         if kernel is not None:
             kernel.forward_(pre, weight, torch.get_num_threads())
         else:
             # The same arithmetic as the C++ loop: tanh(z) = 2 sigmoid(2z) - 1 on s = (h + 1) / 2.
             pre.mul_(2).sub_(weight.sum(2).mul(2)[:, None, None, :])
-            steps, w4_t = pre.unbind(1), weight.mul(4).transpose(1, 2)  # steps[t]: (D, B, H)
-            prev = torch.full_like(steps[0], 0.5)
-            for step in steps:
-                prev = step.baddbmm_(prev, w4_t).sigmoid_()
+            states, w4_t = pre.unbind(1), weight.mul(4).transpose(1, 2)  # states[t]: (D, B, H)
+            prev = torch.full_like(states[0], 0.5)
+            for state in states:
+                prev = state.baddbmm_(prev, w4_t).sigmoid_()
             pre.mul_(2).sub_(1)
-        ctx.mark_dirty(pre)
-        ctx.save_for_backward(pre, weight)
-        return pre
+        ctx.save_for_backward(flat, weight)
+        ctx.steps = steps
+        return flat
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out, weight = ctx.saved_tensors
-        slope = torch.addcmul(torch.ones_like(out), out, out, value=-1)  # tanh' = 1 - h^2
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        flat, weight = ctx.saved_tensors
+        out = flat.view(flat.size(0), ctx.steps, -1, flat.size(-1))  # (D, T, B, H)
+        grad_out = grad_out.view_as(out)
         kernel = _compiled() if out.device.type == "cpu" else None
         if kernel is not None:
-            grad = kernel.backward(grad_out, slope, weight, torch.get_num_threads())
+            grad = kernel.backward(grad_out, out, weight, torch.get_num_threads())
         else:
+            slope = torch.addcmul(torch.ones_like(out), out, out, value=-1)  # tanh' = 1 - h^2
             # grad becomes dL/dpre in place: g_t = (dL/dh_t + g_{t+1} W) * (1 - h_t^2).
             grad = grad_out.clone(memory_format=torch.contiguous_format)
             g, s = grad.unbind(1), slope.unbind(1)
@@ -92,7 +100,7 @@ class TanhRecurrence(torch.autograd.Function):
         directions, hidden = out.size(0), out.size(-1)
         grads = grad[:, 1:].reshape(directions, -1, hidden)
         states = out[:, :-1].reshape(directions, -1, hidden)
-        return grad, grads.transpose(1, 2) @ states
+        return grad.view(directions, -1, hidden), grads.transpose(1, 2) @ states, None
 
 
 def reversal_index(lengths: torch.Tensor, steps: int) -> torch.Tensor:
@@ -133,5 +141,5 @@ def fused_rnn(
         flat = torch.stack(inputs).view(directions, steps * batch, features)  # (D, T*B, in)
         pre = torch.baddbmm(bias[:, None, :], flat, w_ih.transpose(1, 2))  # (D, T*B, H)
         w_hh = torch.stack([getattr(rnn, "weight_hh" + s) for s in suffixes])  # (D, H, H)
-        out = TanhRecurrence.apply(pre.view(directions, steps, batch, -1), w_hh)  # (D, T, B, H)
+        out = TanhRecurrence.apply(pre, w_hh, steps).view(directions, steps, batch, -1)  # (D, T, B, H)
     return out

@@ -79,12 +79,13 @@ def test_padding_does_not_change_the_logits(readout, bidirectional):
     assert torch.allclose(predict_logits(model, wide, lengths, batch_size=1), alone, atol=1e-6)
 
 
+@pytest.mark.parametrize("lengths", [[9, 1, 4, 9, 6], [7, 7, 7]], ids=["padded", "no padding"])
 @pytest.mark.parametrize("readout", ["final", "mean", "max"])
 @pytest.mark.parametrize(("bidirectional", "num_layers"), [(False, 1), (True, 1), (False, 2), (True, 2)])
-def test_fused_tanh_rnn_matches_packed_nn_rnn_in_values_and_gradients(readout, bidirectional, num_layers):
+def test_fused_tanh_rnn_matches_packed_nn_rnn_in_values_and_gradients(readout, bidirectional, num_layers, lengths):
     """The fast padded path and torch's packed nn.RNN agree on logits and on every gradient."""
     model = _model(readout=readout, bidirectional=bidirectional, num_layers=num_layers).double()
-    ids, lengths = _batch([9, 1, 4, 9, 6], width=11)
+    ids, lengths = _batch(lengths, width=max(lengths))
     grads = []
     for features in (model._fused_features, model._packed_features):
         model.zero_grad()
@@ -133,3 +134,23 @@ def test_word_dropout_only_in_training_and_never_on_padding():
 def test_impossible_configurations_raise_value_error(overrides, message):
     with pytest.raises(ValueError, match=message):
         _model(**overrides)
+
+
+def test_the_compiled_loop_and_the_pytorch_loop_agree(monkeypatch):
+    """The C++ time loop builds here (g++ and ninja are part of the set-up) and matches the fallback."""
+    from pipeline import recurrence
+
+    assert recurrence._compiled() is not None
+    g = torch.Generator().manual_seed(0)
+    pre = torch.randn(2, 30 * 16, 8, generator=g)
+    weight = torch.randn(2, 8, 8, generator=g) * 0.5
+    upstream = torch.randn(2, 30, 16, 8, generator=g)
+    results = []
+    for kernel in (recurrence._compiled(), False):
+        monkeypatch.setattr(recurrence, "_KERNEL", kernel)
+        x, w = pre.clone().requires_grad_(), weight.clone().requires_grad_()
+        out = recurrence.TanhRecurrence.apply(x * 1, w, 30).view(2, 30, 16, 8)
+        (out * upstream).sum().backward()
+        results.append((out.detach(), x.grad, w.grad))
+    for compiled, pytorch in zip(*results):
+        assert torch.allclose(compiled, pytorch, atol=1e-5)

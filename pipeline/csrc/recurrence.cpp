@@ -34,41 +34,60 @@ void for_each_unit(const at::Tensor& x, int64_t chunks, const Body& body) {
 // tanh is computed as 2 sigmoid(2z) - 1 (ATen's sigmoid is several times faster than its
 // tanh on a CPU): with s = (h + 1) / 2 the recurrence becomes
 //   s_t = sigmoid(2 pre_t - 2 W_d 1 + s_{t-1} (4 W_d)^T),  s_{-1} = 1/2,
-// one addmm_ and one sigmoid_ per step, and h = 2 s - 1 for all steps at once at the end.
+// one addmm_ and one sigmoid_ per step. The affine maps in and out of s run on each step's
+// rows while they are in cache, rather than as passes over the whole tensor.
 void forward_(at::Tensor& pre, const at::Tensor& weight, int64_t chunks) {
-  const at::Tensor shift = weight.sum(2).mul(2).unsqueeze(1).unsqueeze(1);  // (D, 1, 1, H)
-  pre.mul_(2).sub_(shift);
+  const at::Tensor shift = weight.sum(2).mul(2).contiguous();  // (D, H)
   const at::Tensor w4_t = weight.mul(4).transpose(1, 2);
-  const int64_t steps = pre.size(1);
-  for_each_unit(pre, chunks, [&](int64_t d, int64_t lo, int64_t rows) {
-    const at::Tensor w_t = w4_t.select(0, d);
-    const at::Tensor slice = pre.select(0, d).narrow(1, lo, rows);  // (T, rows, H)
-    at::Tensor prev = at::full({rows, pre.size(3)}, 0.5, pre.options());
-    for (int64_t t = 0; t < steps; ++t) {
-      at::Tensor cur = slice.select(0, t);
-      cur.addmm_(prev, w_t).sigmoid_();
-      prev = cur;
-    }
+  const int64_t steps = pre.size(1), batch = pre.size(2), hidden = pre.size(3);
+  AT_DISPATCH_FLOATING_TYPES(pre.scalar_type(), "recurrence_forward", [&] {
+    for_each_unit(pre, chunks, [&](int64_t d, int64_t lo, int64_t rows) {
+      const at::Tensor w_t = w4_t.select(0, d);
+      const at::Tensor slice = pre.select(0, d).narrow(1, lo, rows);  // (T, rows, H)
+      const scalar_t* sh = shift.data_ptr<scalar_t>() + d * hidden;
+      const int64_t n = rows * hidden;
+      at::Tensor prev = at::full({rows, hidden}, 0.5, pre.options());
+      scalar_t* prev_data = nullptr;  // the step before, still in s, once it is no longer read
+      for (int64_t t = 0; t < steps; ++t) {
+        at::Tensor cur = slice.select(0, t);
+        scalar_t* p = cur.data_ptr<scalar_t>();
+        for (int64_t r = 0; r < n; r += hidden) {
+          for (int64_t k = 0; k < hidden; ++k) p[r + k] = 2 * p[r + k] - sh[k];
+        }
+        cur.addmm_(prev, w_t).sigmoid_();
+        if (prev_data != nullptr) {
+          for (int64_t i = 0; i < n; ++i) prev_data[i] = 2 * prev_data[i] - 1;
+        }
+        prev = cur;
+        prev_data = p;
+      }
+      for (int64_t i = 0; i < n; ++i) prev_data[i] = 2 * prev_data[i] - 1;
+    });
   });
-  pre.mul_(2).sub_(1);
 }
 
-// dL/dpre from dL/dout: g_t = (dL/dh_t + g_{t+1} W) * slope_t, slope_t = 1 - h_t^2.
-at::Tensor backward(const at::Tensor& grad_out, const at::Tensor& slope, const at::Tensor& weight,
+// dL/dpre from dL/dout and the states out: g_t = (dL/dh_t + g_{t+1} W) * (1 - h_t^2).
+at::Tensor backward(const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& weight,
                     int64_t chunks) {
   at::Tensor grad = grad_out.clone(at::MemoryFormat::Contiguous);
-  const int64_t steps = grad.size(1);
-  for_each_unit(grad, chunks, [&](int64_t d, int64_t lo, int64_t rows) {
-    const at::Tensor w = weight.select(0, d);
-    const at::Tensor g = grad.select(0, d).narrow(1, lo, rows);
-    const at::Tensor s = slope.select(0, d).narrow(1, lo, rows);
-    at::Tensor next = g.select(0, steps - 1);
-    next.mul_(s.select(0, steps - 1));
-    for (int64_t t = steps - 1; t > 0; --t) {
-      at::Tensor cur = g.select(0, t - 1);
-      cur.addmm_(next, w).mul_(s.select(0, t - 1));
-      next = cur;
-    }
+  const int64_t steps = grad.size(1), hidden = grad.size(3);
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "recurrence_backward", [&] {
+    for_each_unit(grad, chunks, [&](int64_t d, int64_t lo, int64_t rows) {
+      const at::Tensor w = weight.select(0, d);
+      const at::Tensor g = grad.select(0, d).narrow(1, lo, rows);
+      const at::Tensor h = out.select(0, d).narrow(1, lo, rows);
+      const int64_t n = rows * hidden;
+      auto times_slope = [&](int64_t t) {
+        scalar_t* gp = g.select(0, t).data_ptr<scalar_t>();
+        const scalar_t* hp = h.select(0, t).data_ptr<scalar_t>();
+        for (int64_t i = 0; i < n; ++i) gp[i] *= 1 - hp[i] * hp[i];
+      };
+      times_slope(steps - 1);
+      for (int64_t t = steps - 1; t > 0; --t) {
+        g.select(0, t - 1).addmm_(g.select(0, t), w);
+        times_slope(t - 1);
+      }
+    });
   });
   return grad;
 }
