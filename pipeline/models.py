@@ -57,8 +57,9 @@ class MaxOverTime(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         x, top = ctx.saved_tensors
-        hit = (x == top.unsqueeze(1)).to(grad.dtype)
-        return hit.mul_((grad / hit.sum(1)).unsqueeze(1))
+        hit = x == top.unsqueeze(1)
+        # count_nonzero reads the mask as it is; sum would first copy it to integers.
+        return torch.where(hit, (grad / torch.count_nonzero(hit, dim=1)).unsqueeze(1), 0.0)
 
 
 class RNNClassifier(nn.Module):

@@ -67,23 +67,31 @@ void forward_(at::Tensor& pre, const at::Tensor& weight, int64_t chunks) {
 }
 
 // dL/dpre from dL/dout and the states out: g_t = (dL/dh_t + g_{t+1} W) * (1 - h_t^2).
-at::Tensor backward(const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& weight,
+// Each step's rows of dL/dout are copied in while they are needed, not the whole tensor up front.
+at::Tensor backward(const at::Tensor& grad_out_, const at::Tensor& out, const at::Tensor& weight,
                     int64_t chunks) {
-  at::Tensor grad = grad_out.clone(at::MemoryFormat::Contiguous);
+  const at::Tensor grad_out = grad_out_.contiguous();
+  at::Tensor grad = at::empty_like(grad_out, at::MemoryFormat::Contiguous);
   const int64_t steps = grad.size(1), hidden = grad.size(3);
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "recurrence_backward", [&] {
     for_each_unit(grad, chunks, [&](int64_t d, int64_t lo, int64_t rows) {
       const at::Tensor w = weight.select(0, d);
       const at::Tensor g = grad.select(0, d).narrow(1, lo, rows);
+      const at::Tensor up = grad_out.select(0, d).narrow(1, lo, rows);
       const at::Tensor h = out.select(0, d).narrow(1, lo, rows);
       const int64_t n = rows * hidden;
+      auto load = [&](int64_t t) {
+        std::copy_n(up.select(0, t).data_ptr<scalar_t>(), n, g.select(0, t).data_ptr<scalar_t>());
+      };
       auto times_slope = [&](int64_t t) {
         scalar_t* gp = g.select(0, t).data_ptr<scalar_t>();
         const scalar_t* hp = h.select(0, t).data_ptr<scalar_t>();
         for (int64_t i = 0; i < n; ++i) gp[i] *= 1 - hp[i] * hp[i];
       };
+      load(steps - 1);
       times_slope(steps - 1);
       for (int64_t t = steps - 1; t > 0; --t) {
+        load(t - 1);
         g.select(0, t - 1).addmm_(g.select(0, t), w);
         times_slope(t - 1);
       }
