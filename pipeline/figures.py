@@ -29,6 +29,7 @@ PALETTE = "tableau10"
 Point = tuple[int, float]
 Run = Mapping[str, Mapping[str, Sequence[Point]]]  # metric -> split -> [(epoch, value)]
 
+INTEGER_LABELS = "datum.value % 1 ? '' : datum.label"
 SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
 METRIC_NAMES = {"accuracy": "Accuracy", "loss": "Loss (cross-entropy)"}
 LEARNING_CURVES = "learning_curves.png"
@@ -61,6 +62,9 @@ def learning_curves_spec(curves: Mapping[str, Sequence[Run]]) -> dict[str, Any]:
     if not rows:
         raise ValueError("learning curves: no points to draw")
     splits = _split_order({r["split"] for r in rows})
+    # Whole epochs only: a short run would otherwise get ticks at 1.5, 2.5...
+    last = max(r["epoch"] for r in rows)
+    epoch_axis = {"values": list(range(1, last + 1))} if last <= 12 else {"labelExpr": INTEGER_LABELS}
     metrics = [m for m in METRIC_NAMES if any(r["metric"] == m for r in rows)]
     metrics += sorted({r["metric"] for r in rows} - set(metrics))
 
@@ -72,7 +76,7 @@ def learning_curves_spec(curves: Mapping[str, Sequence[Run]]) -> dict[str, Any]:
             "mark": {"type": "line", "strokeWidth": 2},
             "encoding": {
                 "x": {"field": "epoch", "type": "quantitative", "title": "Epoch",
-                      "axis": {"tickMinStep": 1}},
+                      "axis": {**epoch_axis, "format": "d"}},
                 "y": {"field": "value", "type": "quantitative",
                       "title": METRIC_NAMES.get(metric, metric.replace("_", " ").capitalize()),
                       "scale": {"zero": False}},
