@@ -5,12 +5,14 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The offline page for `dvc plots show|diff` (.dvc/config's plots.html_template), from the pinned vl-convert.
+PLOTS_PAGE := .dvc/offline_plots.html
 # dvc.yaml's stages call the `pipeline` console script, so the venv's bin must be on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: install repro test bench clean
 
-install: $(STAMP)
+install: $(STAMP) $(PLOTS_PAGE)
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,10 +21,13 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-repro: $(STAMP)
+$(PLOTS_PAGE): $(STAMP)
+	$(BIN)/pipeline plots-template --output $@
+
+repro: install
 	$(BIN)/dvc repro
 
-test: $(STAMP)
+test: install
 	$(BIN)/python -m pytest -q
 
 # Benchmarks print ratios measured side by side in one run; run them on an idle machine.

@@ -146,6 +146,18 @@ def predict(
     _guard(lambda: stage.run(texts or [], file, **options))
 
 
+@app.command("plots-template")
+def plots_template(
+    output: Annotated[
+        Path, typer.Option("--output", help="Where to write the page.", dir_okay=False)
+    ] = Path(".dvc/offline_plots.html"),
+) -> None:
+    """Write the offline page for `dvc plots show|diff` (.dvc/config's plots.html_template)."""
+    from pipeline import plots_template as page
+
+    _guard(lambda: page.run(output))
+
+
 def main() -> None:
     app(prog_name="pipeline")
 

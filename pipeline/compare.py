@@ -7,7 +7,10 @@ Every model was trained once per seed of train.seeds; this stage
   the mean and seed by seed, with the size rule (parameters <= max_parameter_ratio x baseline);
 - tests BiRNN against baseline and stacked against BiRNN with a paired t-test across seeds
   (run s of one model against run s of the other), and BiRNN against baseline with McNemar's
-  exact test on the test predictions of the served seed.
+  exact test on the test predictions of the served seed;
+- draws the figures the report embeds (metrics/figures/, see figures.py): every run's learning
+  curves (dvclive/<model>/seed<S>/), the served seed's test confusion matrices, and the
+  accuracies across seeds.
 
 metrics/compare.json holds the headline figures only, for `dvc metrics diff`; everything else
 goes to metrics/details.json and metrics/report.md. A missed target is a result, not an error:
@@ -20,12 +23,13 @@ import math
 import statistics
 from typing import Any
 
-from pipeline import io, layout
+from pipeline import figures, io, layout
 from pipeline.errors import UserError
 from pipeline.params import MODELS, Params, Targets
 
 SCORES_DIR = layout.METRICS / "scores"
 PREDICTIONS = layout.METRICS / "predictions"
+FIGURES = layout.METRICS / "figures"
 SPLITS = ("train", "val", "test")
 SCORES = ("accuracy", "loss", "macro_f1")
 REFERENCES = ("reference", "reference_tokens")
@@ -207,9 +211,24 @@ def run(params: Params) -> None:
     from pipeline.report import render_report
 
     headline, details = build(params)
+    curves = ("accuracy", "loss"), ("train", "val")
+    drawn = figures.write(
+        FIGURES,
+        curves={
+            m: [io.read_learning_curves(layout.run_curves(m, s), *curves) for s in params.train.seeds]
+            for m in MODELS
+        },
+        predictions={m: read_predictions(m) for m in (*MODELS, *REFERENCES)},
+        seed_scores={
+            m: [{s: run[s]["accuracy"] for s in SPLITS} for run in details["per_seed"][m].values()]
+            for m in MODELS
+        },
+    )
+    embedded = [f"![{alt}]({path.relative_to(layout.METRICS).as_posix()})\n" for alt, path in drawn.items()]
+    report = render_report(details, NAMES) + "\n".join(["", "## Figures", "", *embedded])
     io.write_json(layout.METRICS / "compare.json", headline)
     io.write_json(layout.METRICS / "details.json", details)
-    io.write_text(layout.METRICS / "report.md", render_report(details, NAMES))
+    io.write_text(layout.METRICS / "report.md", report)
     birnn = details["targets"]["birnn"]
     met = [k for k, t in birnn.items() if t["met"]]
     print(

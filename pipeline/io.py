@@ -80,6 +80,34 @@ def jsonl_objects(lines: Iterable[str], where: str) -> Iterator[tuple[int, dict]
         yield number, row
 
 
+def read_learning_curves(
+    folder: str | Path, metrics: tuple[str, ...], splits: tuple[str, ...]
+) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """{metric: {split: [(epoch, value), ...]}} from the TSVs that DVCLive writes under `folder`.
+
+    DVCLive logs `<folder>/plots/metrics/<split>/<metric>.tsv` with a header `step<TAB><metric>`.
+    """
+    curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for metric in metrics:
+        for split in splits:
+            path = Path(folder) / "plots" / "metrics" / split / f"{metric}.tsv"
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+            except FileNotFoundError:
+                raise UserError(f"{path}: learning curve not found; run `dvc repro` first") from None
+            if lines[:1] != [f"step\t{metric}"] or len(lines) < 2:
+                raise UserError(f"{path}: not a DVCLive learning curve of {metric}; rerun `dvc repro`")
+            points = []
+            for number, line in enumerate(lines[1:], start=2):
+                step, _, value = line.partition("\t")
+                try:
+                    points.append((int(step), float(value)))
+                except ValueError:
+                    raise UserError(f"{path}: line {number}: expected <step><TAB><{metric}>") from None
+            curves.setdefault(metric, {})[split] = points
+    return curves
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -96,6 +96,8 @@ def test_dvc_repro_experiments_metrics_and_plots(tmp_path):
     sh("git", "config", "user.email", "e2e@example.com")
     sh(str(BIN / "dvc"), "init", "-q")
     shutil.copy2(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
+    shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")
+    sh(str(BIN / "pipeline"), "plots-template")  # the offline page .dvc/config names, as `make install` writes it
     sh("git", "add", "-A")
     sh("git", "commit", "-qm", "tiny project")
 
@@ -106,6 +108,8 @@ def test_dvc_repro_experiments_metrics_and_plots(tmp_path):
     assert _ran(dvc("repro")) == ALL_STAGES
     report = (repo / "metrics" / "report.md").read_text(encoding="utf-8")
     assert "| Before: baseline RNN" in report and "| After: BiRNN" in report
+    assert "![Test confusion matrices](figures/confusion_matrices.png)" in report
+    assert (repo / "metrics" / "figures" / "confusion_matrices.png").read_bytes()[:4] == b"\x89PNG"
     sh("git", "add", "-A")
     sh("git", "commit", "-qm", "first run")
     again = dvc("repro")
