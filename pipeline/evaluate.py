@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
+from threadpoolctl import threadpool_limits
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import (
     accuracy_score,
@@ -153,12 +154,15 @@ def _reference(
     name: str, inputs: dict[str, list], truth: dict[str, np.ndarray], labels: list[str],
     p: ReferenceParams, pretokenised: bool,
 ) -> tuple[dict, list]:
-    vectorizer, classifier = fit_reference(inputs["train"], truth["train"], p, pretokenised)
+    # One BLAS thread: lbfgs's sums then run in one order, so the same data gives the same fit.
+    with threadpool_limits(limits=1):
+        vectorizer, classifier = fit_reference(inputs["train"], truth["train"], p, pretokenised)
+        probabilities = {s: classifier.predict_proba(vectorizer.transform(inputs[s])) for s in SPLITS}
     scores = {}
     for s in SPLITS:
         # Columns of predict_proba follow classifier.classes_; place them by label id.
         proba = np.zeros((len(inputs[s]), len(labels)))
-        proba[:, classifier.classes_] = classifier.predict_proba(vectorizer.transform(inputs[s]))
+        proba[:, classifier.classes_] = probabilities[s]
         scores[s] = split_metrics(truth[s], proba, labels)
         if s == "test":
             predictions = _predictions(truth[s], proba, labels)
