@@ -1,95 +1,172 @@
-"""evaluate stage on the tiny corpus: metrics shape, agreement with sklearn, the reference, refusals."""
+"""evaluate stage on the tiny corpus: every seed of every model, both references, agreement with
+sklearn and with each run's checkpoint, what reference_tokens reads, refusals."""
 
 from __future__ import annotations
 
+import contextlib
+import io as stdio
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import accuracy_score, confusion_matrix
+import yaml
+from conftest import make_corpus, tiny_params_dict
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, log_loss
 from typer.testing import CliRunner
 
-from pipeline import download, evaluate, prepare, train
+from pipeline import download, evaluate, layout, prepare, train
+from pipeline import params as params_module
 from pipeline.cli import app
+from pipeline.data import load_split
 from pipeline.io import load_checkpoint
 from pipeline.models import ModelConfig, RNNClassifier, predict_logits
+from pipeline.text import UNK, Vocab, tokenise
 
-OUTPUTS = ("baseline", "birnn", "reference")
+MODELS = ("baseline", "birnn", "stacked")
+REFERENCES = ("reference", "reference_tokens")
+SEEDS = (7, 8)  # conftest's tiny train.seeds
 SPLITS = ("train", "val", "test")
+MAX_LEN = 24  # conftest's tiny prepare.max_len
+
+
+def _train_everything(root: Path, params) -> None:
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(stdio.StringIO()):
+        mp.chdir(root)
+        download.run(params)
+        prepare.run(params)
+        for name in MODELS:
+            for seed in params.train.seeds:
+                train.run(params, name, seed)
+
+
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory) -> Path:
+    """data/prepared and every run's checkpoint (3 models x 2 seeds) for the tiny corpus."""
+    root = tmp_path_factory.mktemp("trained")
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in make_corpus()))
+    _train_everything(root, params_module.parse(tiny_params_dict()))
+    return root
 
 
 @pytest.fixture
-def trained(tiny_params):
-    """The tiny project after download, prepare and both trainings; cwd is its root."""
-    download.run(tiny_params)
-    prepare.run(tiny_params)
-    for name in ("baseline", "birnn"):
-        train.run(tiny_params, name)
+def trained(tiny_project, tiny_params, trained_once):
+    """A fresh copy of the trained project for each test; cwd is its root."""
+    for folder in ("data/prepared", "models"):
+        shutil.copytree(trained_once / folder, tiny_project / folder)
     return tiny_params
 
 
-def _json(path: str):
+def _json(path: str | Path):
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def test_metrics_have_every_split_metric_and_class(trained):
+def _set_seeds(seeds) -> params_module.Params:
+    raw = yaml.safe_load(Path("params.yaml").read_text())
+    raw["train"]["seeds"] = list(seeds)
+    Path("params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return params_module.load("params.yaml")
+
+
+def _run_logits(name: str, seed: int, split: str) -> torch.Tensor:
+    """The logits of one run's own checkpoint on a prepared split, computed here independently."""
+    ckpt = load_checkpoint(layout.run_checkpoint(name, seed))
+    model = RNNClassifier(ModelConfig(**ckpt["config"]))
+    model.load_state_dict(ckpt["model"])
+    data = np.load(f"data/prepared/{split}.npz")
+    return predict_logits(model, torch.from_numpy(data["ids"]), torch.from_numpy(data["lengths"]), 4)
+
+
+def test_scores_cover_every_seed_of_every_model_and_both_references(trained):
     evaluate.run(trained)
     labels = _json("data/prepared/labels.json")
     sizes = {s: n["size"] for s, n in _json("data/prepared/stats.json")["splits"].items()}
-    for name in OUTPUTS:
-        metrics = _json(f"metrics/{name}.json")
-        assert set(SPLITS) <= set(metrics)
-        assert metrics["trainable_parameters"] > 0
-        for split in SPLITS:
-            m = metrics[split]
-            for key in ("accuracy", "macro_f1"):
-                assert 0 <= m[key] <= 1
-            assert m["loss"] > 0
-            assert list(m["per_class"]) == labels
-            assert all(set(c) == {"precision", "recall", "f1", "support"} for c in m["per_class"].values())
-            cm = np.asarray(m["confusion_matrix"])
-            assert cm.shape == (len(labels), len(labels))
-            assert cm.sum() == sizes[split]
-            assert [c["support"] for c in m["per_class"].values()] == cm.sum(1).tolist()
+    assert sorted(p.name for p in Path("metrics/scores").iterdir()) == sorted(f"{n}.json" for n in MODELS + REFERENCES)
+    assert sorted(p.name for p in Path("metrics/predictions").iterdir()) == sorted(f"{n}.json" for n in MODELS + REFERENCES)
+    for name in MODELS + REFERENCES:
+        scores = _json(f"metrics/scores/{name}.json")
+        expected_seeds = ["0"] if name in REFERENCES else ["7", "8"]
+        assert list(scores["seeds"]) == expected_seeds
+        assert scores["served_seed"] == int(expected_seeds[0])
+        assert scores["trainable_parameters"] > 0
+        for run in scores["seeds"].values():
+            assert list(run) == list(SPLITS)
+            for split, m in run.items():
+                for key in ("accuracy", "macro_f1"):
+                    assert 0 <= m[key] <= 1
+                assert m["loss"] > 0
+                assert list(m["per_class"]) == labels
+                assert all(set(c) == {"precision", "recall", "f1", "support"} for c in m["per_class"].values())
+                cm = np.asarray(m["confusion_matrix"])
+                assert cm.shape == (len(labels), len(labels))
+                assert cm.sum() == sizes[split]
+                assert [c["support"] for c in m["per_class"].values()] == cm.sum(1).tolist()
         predictions = _json(f"metrics/predictions/{name}.json")
         assert len(predictions) == sizes["test"]
         assert all(set(row) == {"actual", "predicted"} for row in predictions)
         assert {row["actual"] for row in predictions} <= set(labels)
+    for name in MODELS:
+        ckpt = load_checkpoint(layout.run_checkpoint(name, 7))
+        n = sum(v.numel() for v in ckpt["model"].values())
+        assert _json(f"metrics/scores/{name}.json")["trainable_parameters"] == n
 
 
-def test_scores_agree_with_sklearn_and_with_the_checkpoint(trained):
+def test_each_seed_is_scored_with_its_own_checkpoint(trained):
     evaluate.run(trained)
     labels = _json("data/prepared/labels.json")
-    test = np.load("data/prepared/test.npz")
-    actual = [labels[k] for k in test["labels"]]
-    for name in ("baseline", "birnn"):
-        m = _json(f"metrics/{name}.json")["test"]
+    for split in SPLITS:
+        y = np.load(f"data/prepared/{split}.npz")["labels"]
+        for name in MODELS:
+            scores = _json(f"metrics/scores/{name}.json")["seeds"]
+            losses = []
+            for seed in SEEDS:
+                logits = _run_logits(name, seed, split)
+                proba = torch.softmax(logits.double(), 1).numpy()
+                m = scores[str(seed)][split]
+                predicted = proba.argmax(1)
+                assert m["accuracy"] == pytest.approx(accuracy_score(y, predicted), abs=1e-6)
+                assert m["loss"] == pytest.approx(log_loss(y, proba, labels=range(len(labels))), abs=1e-5)
+                assert m["macro_f1"] == pytest.approx(f1_score(y, predicted, average="macro", labels=range(len(labels)), zero_division=0), abs=1e-6)
+                assert m["confusion_matrix"] == confusion_matrix(y, predicted, labels=range(len(labels))).tolist()
+                losses.append(m["loss"])
+            assert losses[0] != losses[1], (name, split)  # two runs, not one scored twice
+
+
+@pytest.mark.parametrize("seeds", [(7, 8), (8, 7)])
+def test_predictions_are_the_served_seeds_on_the_test_split(trained, seeds):
+    params = _set_seeds(seeds)
+    evaluate.run(params)
+    labels = _json("data/prepared/labels.json")
+    actual = [labels[k] for k in np.load("data/prepared/test.npz")["labels"]]
+    for name in MODELS:
+        assert _json(f"metrics/scores/{name}.json")["served_seed"] == seeds[0]
+        assert list(_json(f"metrics/scores/{name}.json")["seeds"]) == [str(s) for s in seeds]
         rows = _json(f"metrics/predictions/{name}.json")
         assert [r["actual"] for r in rows] == actual  # test split, in data order
-        predicted = [r["predicted"] for r in rows]
-        assert m["accuracy"] == pytest.approx(accuracy_score(actual, predicted), abs=1e-6)
-        assert m["confusion_matrix"] == confusion_matrix(actual, predicted, labels=labels).tolist()
-
-        # Independently: the saved model's own logits give the same predictions and loss.
-        ckpt = load_checkpoint(f"models/{name}.pt")
-        model = RNNClassifier(ModelConfig(**ckpt["config"]))
-        model.load_state_dict(ckpt["model"])
-        logits = predict_logits(model, torch.from_numpy(test["ids"]), torch.from_numpy(test["lengths"]), 4)
-        assert [labels[k] for k in logits.argmax(1).tolist()] == predicted
-        loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(test["labels"])).item()
-        assert m["loss"] == pytest.approx(loss, abs=1e-5)
+        served = [labels[k] for k in _run_logits(name, seeds[0], "test").argmax(1).tolist()]
+        assert [r["predicted"] for r in rows] == served
 
 
-def test_reference_model_learns_the_tiny_corpus(trained):
+def test_only_the_seeds_in_params_are_scored(trained):
+    for name in MODELS:
+        layout.run_checkpoint(name, 8).unlink()  # a seed no longer in train.seeds need not exist
+    evaluate.run(_set_seeds([7]))
+    for name in MODELS:
+        assert list(_json(f"metrics/scores/{name}.json")["seeds"]) == ["7"]
+
+
+def test_both_references_learn_the_tiny_corpus(trained):
     evaluate.run(trained)
-    reference = _json("metrics/reference.json")
-    # The topic words separate the tiny corpus; a working TF-IDF + logistic regression finds them.
-    assert reference["train"]["accuracy"] >= 0.9
-    assert reference["val"]["accuracy"] >= 0.8
-    assert reference["test"]["accuracy"] >= 0.8
-    assert reference["trainable_parameters"] > 0
+    for name in REFERENCES:
+        scores = _json(f"metrics/scores/{name}.json")
+        run = scores["seeds"]["0"]
+        # The topic words separate the tiny corpus; a working TF-IDF + logistic regression finds them.
+        assert run["train"]["accuracy"] >= 0.9
+        assert run["val"]["accuracy"] >= 0.8
+        assert run["test"]["accuracy"] >= 0.8
+        assert scores["trainable_parameters"] > 0
 
 
 def test_reference_sees_the_pipelines_tokens(tiny_params):
@@ -101,14 +178,64 @@ def test_reference_sees_the_pipelines_tokens(tiny_params):
     assert "don" not in vocabulary and "Don\u2019t" not in vocabulary
 
 
+def test_seen_tokens_are_the_truncated_vocabulary_mapped_words(trained):
+    vocab = Vocab.load("data/prepared/vocab.json")
+    known = set(vocab.tokens)
+    lengths = []
+    for split in SPLITS:
+        texts = [json.loads(line)["text"] for line in Path(f"data/prepared/{split}.jsonl").read_text().splitlines()]
+        seen = evaluate.seen_tokens(load_split(split), vocab)
+        expected = [[t if t in known else UNK for t in tokenise(text)][:MAX_LEN] for text in texts]
+        assert seen == expected
+        lengths += [len(tokenise(t)) for t in texts]
+    assert max(lengths) > MAX_LEN  # the tiny corpus does get truncated
+
+
+def test_reference_tokens_never_reads_past_max_len(tiny_project, monkeypatch):
+    """A word only ever after the 24th token is in the whole-article reference, never in reference_tokens;
+    a word outside the RNNs' vocabulary reaches reference_tokens only as <unk>."""
+    filler = " ".join(["the"] * MAX_LEN)
+    docs = [{**d, "text": f"{d['text']} {filler} zebra"} for d in make_corpus()]
+    Path("corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    raw = tiny_params_dict()
+    raw["prepare"]["max_vocab"] = 20  # the rarer topic words become <unk>
+    raw["train"]["seeds"] = [7]
+    params = params_module.parse(raw)
+    _train_everything(tiny_project, params)
+
+    fitted = {}
+    original = evaluate.fit_reference
+
+    def spy(texts, y, p, pretokenised=False):
+        vectorizer, classifier = original(texts, y, p, pretokenised)
+        fitted["reference_tokens" if pretokenised else "reference"] = (texts, vectorizer)
+        return vectorizer, classifier
+
+    monkeypatch.setattr(evaluate, "fit_reference", spy)
+    with contextlib.redirect_stdout(stdio.StringIO()):
+        evaluate.run(params)
+
+    vocab = _json("data/prepared/vocab.json")["tokens"]
+    whole = set(fitted["reference"][1].vocabulary_)
+    seen_texts, seen_vectorizer = fitted["reference_tokens"]
+    seen = set(seen_vectorizer.vocabulary_)
+    assert len(vocab) == 20
+    assert "zebra" in vocab and "zebra" in whole  # in every training text, so among the 20 words kept
+    assert not any("zebra" in feature.split() for feature in seen)
+    assert all(len(tokens) <= MAX_LEN for tokens in seen_texts)
+    assert UNK in seen and UNK not in whole
+    assert {f.split()[0] for f in seen} <= set(vocab)
+    assert any(word not in vocab for word in {f.split()[0] for f in whole})
+    assert set(_json("metrics/scores/reference_tokens.json")["seeds"]) == {"0"}
+
+
 def test_same_inputs_give_identical_bytes(trained):
     evaluate.run(trained)
-    paths = [Path(f"metrics/{n}.json") for n in OUTPUTS] + [
-        Path(f"metrics/predictions/{n}.json") for n in OUTPUTS
-    ]
+    paths = sorted(Path("metrics").rglob("*.json"))
+    assert len(paths) == 2 * len(MODELS + REFERENCES)
     first = {p: p.read_bytes() for p in paths}
     evaluate.run(trained)
-    assert {p: p.read_bytes() for p in paths} == first
+    assert {p: p.read_bytes() for p in sorted(Path("metrics").rglob("*.json"))} == first
 
 
 def _other_vocabulary():
@@ -123,25 +250,46 @@ def _other_labels():
     path.write_text(json.dumps([f"x{name}" for name in json.loads(path.read_text())]))
 
 
-def _no_checkpoint():
-    Path("models/birnn.pt").unlink()
+def _other_max_len():
+    path = Path("data/prepared/stats.json")
+    stats = json.loads(path.read_text())
+    stats["encoding"]["max_len"] += 1
+    path.write_text(json.dumps(stats))
+
+
+def _one_run_on_another_vocabulary():
+    path = layout.run_checkpoint("stacked", 8)
+    torch.save({**torch.load(path, weights_only=True), "vocab_sha256": "0" * 64}, path)
+
+
+def _one_run_on_other_labels():
+    path = layout.run_checkpoint("birnn", 8)
+    ckpt = torch.load(path, weights_only=True)
+    torch.save({**ckpt, "labels": list(reversed(ckpt["labels"]))}, path)
+
+
+def _a_seed_not_trained():
+    layout.run_checkpoint("stacked", 8).unlink()
 
 
 @pytest.mark.parametrize(
     "damage, message",
     [
-        (_other_vocabulary, "another vocabulary"),
-        (_other_labels, "other labels"),
-        (_no_checkpoint, "not found"),
+        (_other_vocabulary, "models/baseline/seed7.pt: trained on another vocabulary"),
+        (_other_labels, "models/baseline/seed7.pt: trained on other labels"),
+        (_other_max_len, "models/baseline/seed7.pt: trained with other padding"),
+        (_one_run_on_another_vocabulary, "models/stacked/seed8.pt: trained on another vocabulary"),
+        (_one_run_on_other_labels, "models/birnn/seed8.pt: trained on other labels"),
+        (_a_seed_not_trained, "models/stacked/seed8.pt: model checkpoint not found"),
     ],
 )
-def test_refuses_a_checkpoint_from_other_prepared_data(trained, damage, message):
+def test_refuses_a_run_from_other_prepared_data(trained, damage, message):
     damage()
     result = CliRunner().invoke(app, ["evaluate"])
     assert result.exit_code == 2
-    assert message in result.stderr
+    assert result.stderr.startswith(f"error: {message}")
     assert len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.output
-    if damage is not _no_checkpoint:
+    if damage is not _a_seed_not_trained:
         assert "retrain with `dvc repro`" in result.stderr
-    assert not Path("metrics/baseline.json").exists()  # nothing is published on refusal
+    assert not Path("metrics").exists()  # nothing is published on refusal
