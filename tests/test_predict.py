@@ -1,15 +1,16 @@
 """predict: labels new text with prepare's tokenizer and the checkpoint's own vocabulary.
 
-One tiny BiRNN is trained per module (a few seconds) and copied into each test's project, so a
-test that tampers with the model or the vocabulary leaves the others alone.
+One tiny BiRNN run is trained per module (a few seconds), published as models/birnn.pt and copied
+into each test's project, so a test that tampers with the model or the vocabulary leaves the
+others alone.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io as stdio
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -18,13 +19,14 @@ import torch
 from conftest import make_corpus, tiny_params_dict
 from typer.testing import CliRunner
 
-from pipeline import download, params as params_module, prepare, train
+from pipeline import download, prepare, publish, train
+from pipeline import params as params_module
 from pipeline import predict as predict_module
 from pipeline.cli import app
+from pipeline.data import load_split
 from pipeline.models import predict_logits
 from pipeline.predict import load_classifier, probabilities
-from pipeline.text import tokenise
-from pipeline.data import load_split
+from pipeline.text import Vocab, tokenise
 
 MODEL = Path("models/birnn.pt")
 VOCAB = Path("data/prepared/vocab.json")
@@ -33,20 +35,19 @@ TRAIN_TEXTS = Path("data/prepared/train.jsonl")
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
-    """data/prepared and models/birnn.pt for the tiny corpus, trained until it fits it."""
+    """data/prepared and models/birnn.pt (seed 7's run) for the tiny corpus, trained until it fits it."""
     root = tmp_path_factory.mktemp("trained")
     (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in make_corpus()))
-    params = params_module.parse(tiny_params_dict())
-    params = dataclasses.replace(
-        params,
-        train=dataclasses.replace(params.train, max_epochs=30, patience=30, lr=0.01),
-        birnn=dataclasses.replace(params.birnn, embed_dim=16, hidden_dim=16, dropout=0.2),
-    )
+    raw = tiny_params_dict()
+    raw["train"].update(max_epochs=30, patience=30, lr=0.01)
+    raw["birnn"].update(embed_dim=16, hidden_dim=16, dropout=0.2)
+    params = params_module.parse(raw)
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(stdio.StringIO()):
         mp.chdir(root)
         download.run(params)
         prepare.run(params)
-        train.run(params, "birnn")
+        train.run(params, "birnn", params.train.seeds[0])
+        publish.run(params, "birnn")
     return root
 
 
@@ -254,13 +255,90 @@ def test_a_checkpoint_holding_python_objects_is_refused_unrun(project):
     assert not marker.exists()
 
 
-def test_a_checkpoint_with_another_vocabulary_is_refused(project):
+def _save_variant(path: str, **changes) -> str:
+    """A copy of the trained checkpoint with some entries replaced (None removes the entry)."""
     ckpt = torch.load(MODEL, weights_only=True)
-    torch.save({**ckpt, "vocab_sha256": "0" * 64}, "models/tampered.pt")
-    assert _cli("--model", str(MODEL), "goal").exit_code == 0  # the original still loads
-    _one_line_refusal(_cli("--model", "models/tampered.pt", "goal"), "another vocabulary")
+    ckpt.update(changes)
+    torch.save({k: v for k, v in ckpt.items() if v is not None}, path)
+    return path
 
-    # A vocabulary that changed after training, though still a valid vocabulary, is refused too.
+
+TEXTS = ["the match goal team", "bank market shares profit", "chip computer phone", "zyxx said"]
+
+
+def test_a_checkpoint_alone_in_an_empty_folder_is_all_predict_needs(project, tmp_path, monkeypatch):
+    expected = _json("--top-k", "3", *TEXTS)
+    empty = tmp_path / "elsewhere"
+    (empty / "path" / "to").mkdir(parents=True)
+    shutil.copy2(MODEL, empty / "path" / "to" / "x.pt")
+    monkeypatch.chdir(empty)  # no params.yaml, no data/prepared, no models/
+    assert _json("--model", "path/to/x.pt", "--top-k", "3", *TEXTS) == expected
+    assert _json("--model", str(empty / "path" / "to" / "x.pt"), "--top-k", "3", *TEXTS) == expected
+    assert sorted(str(p.relative_to(empty)) for p in empty.rglob("*")) == ["path", "path/to", "path/to/x.pt"]
+
+
+def test_the_vocabulary_comes_from_the_checkpoint_not_data_prepared(project):
+    expected = _json("--top-k", "3", *TEXTS)
+    VOCAB.write_text(json.dumps({"tokens": ["<pad>", "<unk>", "newword"]}), encoding="utf-8")
+    assert _json("--top-k", "3", *TEXTS) == expected  # without --vocab the prepared file is not read
+    VOCAB.unlink()
+    assert _json("--top-k", "3", *TEXTS) == expected
+
+    # Swap two words in the checkpoint's own vocabulary: "goal" now reads as "bank" did, and back.
+    tokens = list(torch.load(MODEL, weights_only=True)["vocab"])
+    a, b = tokens.index("goal"), tokens.index("bank")
+    tokens[a], tokens[b] = tokens[b], tokens[a]
+    swapped = Vocab(tuple(tokens))
+    _save_variant("swapped.pt", vocab=tokens, vocab_sha256=swapped.sha256())
+    texts = ["goal goal the", "bank bank the"]
+    original = _probs(_json("--top-k", "3", *texts))
+    swapped_probs = _probs(_json("--model", "swapped.pt", "--top-k", "3", *texts))
+    assert swapped_probs[0] == pytest.approx(original[1], abs=1e-9)
+    assert swapped_probs[1] == pytest.approx(original[0], abs=1e-9)
+    assert original[0] != pytest.approx(original[1], abs=1e-3)  # the swap is visible
+
+
+def test_vocab_option_accepts_the_training_vocabulary_and_refuses_another(project):
+    expected = _json("--top-k", "3", *TEXTS)
+    assert _json("--vocab", str(VOCAB), "--top-k", "3", *TEXTS) == expected
+    shutil.copy2(VOCAB, "same.json")
+    assert _json("--vocab", "same.json", "--top-k", "3", *TEXTS) == expected
+
     vocab = json.loads(VOCAB.read_text(encoding="utf-8"))
-    VOCAB.write_text(json.dumps({"tokens": [*vocab["tokens"], "newword"]}), encoding="utf-8")
-    _one_line_refusal(_cli("goal"), "another vocabulary")
+    Path("other.json").write_text(json.dumps({"tokens": [*vocab["tokens"], "newword"]}), encoding="utf-8")
+    _one_line_refusal(_cli("--vocab", "other.json", "goal"), "models/birnn.pt: was trained with another vocabulary than other.json")
+    # A prepared vocabulary that changed after training is refused when it is named.
+    shutil.copy2("other.json", VOCAB)
+    _one_line_refusal(_cli("--vocab", str(VOCAB), "goal"), "another vocabulary")
+
+
+@pytest.mark.parametrize("with_vocab_option", [False, True])
+def test_an_old_checkpoint_without_a_vocabulary_is_one_line_and_exit_2(project, with_vocab_option):
+    _save_variant("models/old.pt", vocab=None)
+    args = ["--vocab", str(VOCAB)] if with_vocab_option else []
+    result = _cli("--model", "models/old.pt", *args, "goal")
+    _one_line_refusal(result, "models/old.pt: holds no vocabulary")
+    assert result.stderr.startswith("error: ") and "dvc repro" in result.stderr
+    assert result.stdout == ""
+
+
+BAD_VOCABULARIES = {
+    "not a list": "goal match",
+    "no <pad>, <unk> first": ["goal", "match", "bank"],
+    "a token that is not a string": ["<pad>", "<unk>", 3],
+}
+
+
+@pytest.mark.parametrize("case", BAD_VOCABULARIES, ids=list(BAD_VOCABULARIES))
+def test_a_malformed_vocabulary_in_the_checkpoint_is_refused(project, case):
+    _save_variant("models/bad.pt", vocab=BAD_VOCABULARIES[case])
+    _one_line_refusal(_cli("--model", "models/bad.pt", "goal"), "models/bad.pt: its vocabulary is malformed")
+
+
+def test_a_vocabulary_that_does_not_fit_the_embedding_is_refused(project):
+    # One word more than the embedding has rows: the new word's id would index past the table.
+    tokens = [*torch.load(MODEL, weights_only=True)["vocab"], "zebra"]
+    _save_variant("models/longer.pt", vocab=tokens, vocab_sha256=Vocab(tuple(tokens)).sha256())
+    result = _cli("--model", "models/longer.pt", "zebra goal")
+    _one_line_refusal(result, "models/longer.pt")
+    assert result.stdout == ""
