@@ -79,8 +79,8 @@ def _compare(seeds=SEEDS):
     _set_seeds(seeds)
     result = CliRunner().invoke(app, ["compare"])
     assert result.exit_code == 0, result.output
-    read = lambda name: json.loads(Path(f"metrics/{name}.json").read_text(encoding="utf-8"))  # noqa: E731
-    return read("compare"), read("details"), Path("metrics/report.md").read_text(encoding="utf-8")
+    compare_json, details = (json.loads(Path(f"metrics/{n}.json").read_text(encoding="utf-8")) for n in ("compare", "details"))
+    return compare_json, details, Path("metrics/report.md").read_text(encoding="utf-8")
 
 
 def _leaves(node, prefix: str = "") -> set[str]:

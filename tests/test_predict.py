@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io as stdio
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -209,7 +208,7 @@ BAD_INPUTS = {
     "csv without the field": (lambda: ["--file", _write("in.csv", "body\ngoal\n")], "'text'"),
     "jsonl without the field": (lambda: ["--file", _write("in.jsonl", '{"body": "a"}')], "'text'"),
     "jsonl not json": (lambda: ["--file", _write("in.jsonl", '{"text": "a"}\n{oo')], "in.jsonl: line 2: not valid JSON"),
-    "no texts": (lambda: [], "no texts"),
+    "no texts": (list, "no texts"),
     "empty file": (lambda: ["--file", _write("in.txt", "")], "no texts"),
     "csv header only": (lambda: ["--file", _write("in.csv", "text\n")], "no texts"),
     "empty stdin": (lambda: ["--file", "-"], "no texts"),
