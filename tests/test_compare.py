@@ -53,8 +53,13 @@ def _split_scores(accuracy: float) -> dict:
     }
 
 
+def _curve(path: Path, metric: str, values: list[float]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"step\t{metric}\n" + "".join(f"{e}\t{v}\n" for e, v in enumerate(values, 1)), encoding="utf-8")
+
+
 def write_inputs(accuracy: dict | None = None, b: int = 1, c: int = 3) -> None:
-    """metrics/scores, metrics/predictions and metrics/train as evaluate and train write them.
+    """metrics/scores, metrics/predictions, metrics/train and dvclive/ as evaluate and train write them.
 
     On the served seed's test predictions, b documents only the baseline gets right, c only the BiRNN.
     """
@@ -67,6 +72,10 @@ def write_inputs(accuracy: dict | None = None, b: int = 1, c: int = 3) -> None:
         for seed, (best, run) in zip(SEEDS, epochs):
             summary = {"model": name, "seed": seed, "best_epoch": best, "epochs_run": run, "train_seconds": 12.5, "tokens_per_second": 9000.0}
             _write(f"metrics/train/{name}/seed{seed}.json", summary)
+            for split in ("train", "val"):
+                folder = Path(f"dvclive/{name}/seed{seed}/plots/metrics/{split}")
+                _curve(folder / "accuracy.tsv", "accuracy", [0.4 + 0.05 * e for e in range(run)])
+                _curve(folder / "loss.tsv", "loss", [1.1 - 0.05 * e for e in range(run)])
     actual = [LABELS[i % 3] for i in range(b + c + 5)]
     wrong = {a: LABELS[(LABELS.index(a) + 1) % 3] for a in LABELS}
     base = [a if i < b or i >= b + c else wrong[a] for i, a in enumerate(actual)]
@@ -159,7 +168,9 @@ def test_headline_and_details_across_seeds(tiny_project):
     assert headline["birnn"]["val"]["accuracy"] == {"mean": 0.86, "sd": 0.02}
     assert headline["birnn"]["gap"] == {"mean": 0.05, "sd": 0.04}
     assert headline["baseline"]["test"]["accuracy"] == {"mean": 0.79, "sd": 0.02}
-    assert headline["reference_tokens"]["val"]["accuracy"] == {"mean": 0.93, "sd": 0.0}
+    # A reference is one deterministic fit: its value, with no spread to show.
+    assert headline["reference_tokens"]["val"]["accuracy"] == 0.93
+    assert headline["reference"]["gap"] == 0.04
 
     assert details["parameters"] == {
         "baseline": 1000, "birnn": 1250, "stacked": 1220,
@@ -200,8 +211,11 @@ def test_compare_json_holds_only_the_headline(tiny_project):
     models = ("baseline", "birnn", "stacked", "reference", "reference_tokens")
     expected = {"seeds"}
     for name in models:
-        expected |= {f"{name}.{s}.{m}.{k}" for s in SPLITS for m in ("accuracy", "loss", "macro_f1") for k in ("mean", "sd")}
-        expected |= {f"{name}.gap.mean", f"{name}.gap.sd"}
+        if name.startswith("reference"):
+            expected |= {f"{name}.{s}.{m}" for s in SPLITS for m in ("accuracy", "loss", "macro_f1")} | {f"{name}.gap"}
+        else:
+            expected |= {f"{name}.{s}.{m}.{k}" for s in SPLITS for m in ("accuracy", "loss", "macro_f1") for k in ("mean", "sd")}
+            expected |= {f"{name}.gap.mean", f"{name}.gap.sd"}
     for name in ("birnn", "stacked"):
         for target in ("min_val_accuracy", "max_train_accuracy", "max_parameter_ratio"):
             expected |= {f"targets.{name}.{target}.{k}" for k in ("value", "met", "seeds_met")}
@@ -272,8 +286,9 @@ def test_report_cells_are_mean_plus_minus_sd(tiny_project):
         "| 85.0 ± 2.0 | 5.0 ± 4.0 pp | 1,250 (1.25 ×) |"
     ) in report
     assert "| Before: RNN, unidirectional, no dropout | 96.0 ± 1.0 | 78.0 ± 2.0 | 79.0 ± 2.0 |" in report
-    assert "| Reference: TF-IDF + logistic regression, whole articles | 99.0 ± 0.0 | 95.0 ± 0.0 |" in report
-    assert "| 93.0 ± 0.0 |" in report.split("the RNNs' tokens")[1].splitlines()[0]  # reference_tokens val
+    # A reference is one fit: its cells hold the value alone.
+    assert "| Reference: TF-IDF + logistic regression, whole articles | 99.0 | 95.0 | 96.0 | 0.010 | 0.050 | 94.0 | 4.0 pp | — |" in report
+    assert "| 98.0 | 93.0 | 92.0 |" in report.split("the RNNs' tokens")[1].splitlines()[0]
     assert "- birnn: val accuracy 84.0 – 88.0 %, train accuracy 89.0 – 93.0 %, gap 1.0 – 9.0 pp" in report
     assert "- birnn: kept epoch / epochs run per seed: 4/9, 5/10, 6/11" in report
     assert "Served seed 7 on the test set (McNemar's exact test): 0 documents" in report
@@ -329,6 +344,10 @@ def _no_training_summary():
     Path("metrics/train/stacked/seed9.json").unlink()
 
 
+def _no_learning_curve():
+    Path("dvclive/birnn/seed8/plots/metrics/val/loss.tsv").unlink()
+
+
 @pytest.mark.parametrize(
     "damage, message",
     [
@@ -339,6 +358,7 @@ def _no_training_summary():
         (_a_seed_not_evaluated, "metrics/scores/birnn.json: no scores for seeds 7, 8, 9; rerun `pipeline evaluate`"),
         (_other_test_documents, "different test documents"),
         (_no_training_summary, "metrics/train/stacked/seed9.json: training summary not found"),
+        (_no_learning_curve, "dvclive/birnn/seed8/plots/metrics/val/loss.tsv: learning curve not found"),
     ],
 )
 def test_bad_inputs_fail_with_one_line(tiny_project, damage, message):
@@ -350,7 +370,7 @@ def test_bad_inputs_fail_with_one_line(tiny_project, damage, message):
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.output
-    for name in ("compare.json", "details.json", "report.md"):
+    for name in ("compare.json", "details.json", "report.md", "figures"):
         assert not Path("metrics", name).exists()
 
 
@@ -367,7 +387,9 @@ def test_compare_reads_what_the_real_stages_write(tiny_project):
         scores = json.loads(Path(f"metrics/scores/{name}.json").read_text())["seeds"]
         val = [run["val"]["accuracy"] for run in scores.values()]
         assert sorted(scores) == (["0"] if name.startswith("reference") else list(seeds))
-        assert headline[name]["val"]["accuracy"]["mean"] == pytest.approx(statistics.fmean(val), abs=2e-6)
+        mean = headline[name]["val"]["accuracy"]
+        mean = mean if name.startswith("reference") else mean["mean"]
+        assert mean == pytest.approx(statistics.fmean(val), abs=2e-6)
         assert details["summary"][name]["val"]["accuracy"]["max"] == max(val)
     birnn_val = [json.loads(Path("metrics/scores/birnn.json").read_text())["seeds"][s]["val"]["accuracy"] for s in seeds]
     assert headline["targets"]["birnn"]["min_val_accuracy"]["seeds_met"] == sum(v >= 0.85 for v in birnn_val)
