@@ -153,7 +153,7 @@ def check_targets(runs: dict[str, dict], targets: Targets, ratio: float) -> dict
     }
     result = {}
     for key, (values, threshold, ok) in checks.items():
-        mean = statistics.fmean(values)
+        mean = _round(statistics.fmean(values))  # decided on the value that is shown
         met_by = sum(ok(v) for v in values) if key != "max_parameter_ratio" else len(runs) * ok(ratio)
         result[key] = {"value": _round(mean), "threshold": threshold, "met": ok(mean), "seeds_met": met_by, "seeds": len(runs)}
     return result

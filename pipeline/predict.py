@@ -78,8 +78,13 @@ def load_classifier(checkpoint: Path, vocab_path: Path | None = None) -> Classif
     if not isinstance(tokens, list) or tokens[:2] != [PAD, UNK] or not all(isinstance(t, str) for t in tokens):
         raise UserError(f"{checkpoint}: its vocabulary is malformed (expected tokens starting with {PAD}, {UNK})")
     vocab = Vocab(tuple(tokens))
-    if vocab_path is not None and io.sha256_file(vocab_path) != ckpt["vocab_sha256"]:
-        raise UserError(f"{checkpoint}: was trained with another vocabulary than {vocab_path}")
+    if vocab_path is not None:
+        try:
+            digest = io.sha256_file(vocab_path)
+        except OSError as exc:
+            raise UserError(f"{vocab_path}: cannot read the vocabulary ({exc.strerror or exc})") from None
+        if digest != ckpt["vocab_sha256"]:
+            raise UserError(f"{checkpoint}: was trained with another vocabulary than {vocab_path}")
     try:
         cfg = ModelConfig(**ckpt["config"])
         model = RNNClassifier(cfg)
@@ -93,6 +98,8 @@ def load_classifier(checkpoint: Path, vocab_path: Path | None = None) -> Classif
         raise UserError(
             f"{checkpoint}: not a checkpoint this version can use ({first}); run `dvc repro`"
         ) from None
+    if len(vocab) != cfg.vocab_size:
+        raise UserError(f"{checkpoint}: its vocabulary has {len(vocab)} words but the model {cfg.vocab_size}; run `dvc repro`")
     if (
         len(labels) != cfg.num_classes
         or not all(isinstance(label, str) for label in labels)

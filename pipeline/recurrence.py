@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline import io
+
 
 def _compiled():
     """The C++ time loop (pipeline/csrc/recurrence.cpp), built once per machine; None if it cannot be."""
@@ -39,9 +41,7 @@ def _compiled():
             try:
                 from torch.utils.cpp_extension import load
 
-                # Named by its source's hash: checkouts of different versions never share a build.
-                digest = hashlib.sha256(_SOURCE.read_bytes()).hexdigest()[:12]
-                _KERNEL = load(name=f"pipeline_recurrence_{digest}", sources=[str(_SOURCE)], extra_cflags=["-O3"])
+                _KERNEL = _build(load)
             except Exception as exc:  # no compiler, no ninja, a read-only cache: slower, same maths
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 print(f"note: C++ recurrence unavailable ({first[:120]}); using the PyTorch loop", file=sys.stderr)
@@ -49,6 +49,24 @@ def _compiled():
 
 
 _SOURCE = Path(__file__).with_name("csrc") / "recurrence.cpp"
+
+
+def _build(load):
+    """Compile once per machine and source version, wherever the checkout lives.
+
+    The build folder is named by the source's hash and compiles a copy of the source kept
+    there: torch rebuilds when a source path changes, and checkouts at other paths (a DVC
+    experiment's temporary copy, a second clone) would otherwise rebuild each other's build.
+    """
+    source = _SOURCE.read_bytes()
+    name = f"pipeline_recurrence_{hashlib.sha256(source).hexdigest()[:12]}"
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    copy = folder / "recurrence.cpp"
+    if not copy.exists() or copy.read_bytes() != source:
+        io.write_bytes(copy, source)
+    return load(name=name, sources=[str(copy)], build_directory=str(folder), extra_cflags=["-O3"])
 _KERNEL = None
 
 

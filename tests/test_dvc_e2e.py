@@ -45,10 +45,6 @@ def _make_repo(repo: Path) -> dict[str, str]:
         "PYTHONPATH": str(repo),
         "DVC_NO_ANALYTICS": "1",
         "DVC_SITE_CACHE_DIR": str(repo.parent / "dvc-site-cache"),
-        # The copy's C++ source sits at a new path, so torch builds the recurrence once for it; a
-        # private build folder keeps that build from being redone whenever another checkout
-        # builds its own in the shared ~/.cache/torch_extensions meanwhile, and from evicting theirs.
-        "TORCH_EXTENSIONS_DIR": str(repo.parent / "torch_extensions"),
         "GIT_AUTHOR_NAME": "e2e", "GIT_AUTHOR_EMAIL": "e2e@example.com",
         "GIT_COMMITTER_NAME": "e2e", "GIT_COMMITTER_EMAIL": "e2e@example.com",
     }
