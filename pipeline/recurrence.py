@@ -122,15 +122,17 @@ class TanhRecurrence(torch.autograd.Function):
 
 
 def reversal_index(lengths: torch.Tensor, steps: int) -> torch.Tensor:
-    """(T, B) time index that reverses each text's real steps and leaves its padding in place."""
+    """(T * B,) row index into time-major (T, B, F) rows that reverses each text's real steps
+    and leaves its padding in place."""
     t = torch.arange(steps, device=lengths.device)[:, None]  # (T, 1)
     n = lengths.to(t.device)[None, :]  # (1, B)
-    return torch.where(t < n, n - 1 - t, t)
+    source_step = torch.where(t < n, n - 1 - t, t)  # (T, B)
+    return (source_step * len(lengths) + torch.arange(len(lengths), device=t.device)).view(-1)
 
 
-def _reverse(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Reverse each text of time-major x (T, B, F) with a reversal_index."""
-    return x.gather(0, index[..., None].expand_as(x))
+def _reverse(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Reverse each text of time-major x (T, B, F) with a reversal_index: one row gather."""
+    return x.reshape(-1, x.size(-1)).index_select(0, rows).view(x.shape)
 
 
 def fused_rnn(
