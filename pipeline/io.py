@@ -103,6 +103,7 @@ def publish_dir(path: str | Path) -> Iterator[Path]:
     `path` as a whole; on error or interrupt the folder is removed and `path` is untouched.
     """
     path = Path(path)
+    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(path)
     stage = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
@@ -110,8 +111,15 @@ def publish_dir(path: str | Path) -> Iterator[Path]:
     try:
         yield stage
         _swap_in(stage, path)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)  # after a swap it holds the old generation
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        for folder in created:  # deepest first: a failed stage leaves no folder it made
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+    shutil.rmtree(stage, ignore_errors=True)  # after a swap it holds the old generation
 
 
 def _swap_in(stage: Path, path: Path) -> None:
