@@ -63,7 +63,8 @@ def scan(path: Path, scratch: Path) -> Corpus:
     first_label: dict[bytes, int] = {}  # digest of the normalised text -> its first label code
     label_codes: dict[str, int] = {}  # in order of appearance; sorted once all are known
     token_ids: dict[str, int] = {}
-    labels, counts, pending = array("q"), array("q"), array("i")
+    labels, counts = array("q"), array("q")
+    pending: list[int] = []  # token numbers not yet written
     duplicates = conflicts = 0
     with open(scratch / "tokens.bin", "wb") as tokens_out, open(
         scratch / "texts.jsonl", "wb"
@@ -85,19 +86,19 @@ def scan(path: Path, scratch: Path) -> Corpus:
             tokens = tokens_of(norm)
             start = len(pending)
             try:  # the common case, every token already numbered, runs at C speed
-                pending.extend(map(token_ids.__getitem__, tokens))
+                pending += map(token_ids.__getitem__, tokens)
             except KeyError:
                 del pending[start:]
                 for token in tokens:
                     token_ids.setdefault(token, len(token_ids))
-                pending.extend(map(token_ids.__getitem__, tokens))
+                pending += map(token_ids.__getitem__, tokens)
             labels.append(code)
             counts.append(len(tokens))
             texts_out.write(io.jsonl_line({"text": text, "label": label}))
             if len(pending) >= 1 << 20:
-                tokens_out.write(pending.tobytes())
+                tokens_out.write(array("i", pending).tobytes())
                 del pending[:]
-        tokens_out.write(pending.tobytes())
+        tokens_out.write(array("i", pending).tobytes())
     if not labels:
         raise UserError(f"{path}: corpus is empty")
     names = sorted(label_codes)
