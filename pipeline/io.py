@@ -195,9 +195,9 @@ def jsonl_line(obj: Any) -> bytes:
         raise UserError("a text holds an unpaired surrogate, which UTF-8 cannot store") from None
 
 
-def bounded_lines(fh: IO[str], where: str, limit: int = MAX_LINE_CHARS) -> Iterator[str]:
-    """The lines of a text file, each at most `limit` characters, without reading more."""
-    number = 0
+def bounded_lines(fh: IO[str], where: str) -> Iterator[str]:
+    """The lines of a text file, each at most MAX_LINE_CHARS long, without reading more."""
+    limit, number = MAX_LINE_CHARS, 0
     for line in iter(lambda: fh.readline(limit + 1), ""):
         number += 1
         if len(line) > limit and line[-1] not in "\r\n":
