@@ -150,7 +150,10 @@ def check_classes(corpus: Corpus, split: dict[str, np.ndarray], p: PrepareParams
     scored[corpus.labels[np.concatenate([split["val"], split["test"]])]] = True
     if not scored.all():
         sizes = np.bincount(corpus.labels, minlength=len(names))
-        rare = [f"{names[k]!r} ({sizes[k]} documents)" for k in np.flatnonzero(~scored)]
+        rare = [
+            f"{names[k]!r} ({sizes[k]} document{'' if sizes[k] == 1 else 's'})"
+            for k in np.flatnonzero(~scored)
+        ]
         shown = ", ".join(rare[:5]) + (", ..." if len(rare) > 5 else "")
         print(
             f"warning: {len(rare)} class(es) too small to reach val or test, so trained on "

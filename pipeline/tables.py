@@ -16,19 +16,27 @@ from pipeline.errors import UserError
 
 
 def csv_records(fh: IO[str], where: str) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
-    """The header, then (line number, fields) of each non-blank record of a CSV file."""
-    # Records end at a line break outside quotes, so a field can never be longer than the
-    # field limit, nor a line longer than bounded_lines allows: memory stays bounded.
+    """The header, then (line number, fields) of each non-blank record of a CSV file.
+
+    Quoting is strict: a quote that is never closed, or closed in the middle of a field, is an
+    error naming the line where its record began. The lenient default would instead run on
+    into the following rows and merge them into one text, silently.
+    """
     csv.field_size_limit(io.MAX_LINE_CHARS)
-    reader = csv.reader(io.bounded_lines(fh, where))
+    reader = csv.reader(io.bounded_lines(fh, where), strict=True)
 
     def records() -> Iterator[tuple[int, list[str]]]:
+        start = 1
         try:
             for fields in reader:
                 if fields:  # a blank line, as csv.DictReader skips it
-                    yield reader.line_num, fields
+                    yield start, fields
+                start = reader.line_num + 1
         except csv.Error as exc:
-            raise UserError(f"{where}: line {reader.line_num}: not valid CSV ({exc})") from None
+            # Under strict quoting, these two mean that a quote in this record went astray.
+            astray = "expected after" in str(exc) or "end of data" in str(exc)
+            hint = "; a stray quote in this row runs on into the rows after it" if astray else ""
+            raise UserError(f"{where}: line {start}: not valid CSV ({exc}){hint}") from None
 
     found = records()
     header = next(found, (0, []))[1]
