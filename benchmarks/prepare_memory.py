@@ -5,8 +5,8 @@ each document is 8-20 sentences drawn, with a seeded generator, from the BBC art
 class (about 1.9 KB a document, like the resampled corpus the memory problem was first measured
 on). For each size it runs `pipeline download` (source csv) and `pipeline prepare` (params.yaml's
 prepare section) as child processes and reads each one's wall time and peak RSS from the kernel
-(os.wait4), then prints a table with the growth factor from one size to the next: time should
-grow like the documents (10x), peak RSS far less. "ids" is the size of the padded id arrays
+(os.wait4, see rss.py), then prints a table with the growth factor from one size to the next:
+time should grow like the documents (10x), peak RSS far less. "ids" is the size of the padded id arrays
 prepare writes, which it streams to disk rather than holding.
 
 --compare DIR runs the same corpora, up to --compare-up-to documents, with the `pipeline`
@@ -19,17 +19,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import random
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import rss
 import yaml
 
 from pipeline.sources import Tally, bbc
@@ -63,22 +60,12 @@ def write_corpus(path: Path, n: int, sentences: dict[str, list[str]], seed: int)
         writer.writerows(documents(n, sentences, seed))
 
 
-def measure(args: list[str], cwd: Path, pythonpath: str) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one child process, which must succeed."""
-    env = {**os.environ, "PYTHONPATH": pythonpath}
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", *args], cwd=cwd, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    # wait4 gives the child's own resource usage; ru_maxrss is in KiB on Linux.
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    error = proc.stderr.read().decode() if proc.stderr else ""
-    if proc.returncode != 0:
-        raise SystemExit(f"pipeline {args[0]} failed ({proc.returncode}): {error.strip()}")
-    return seconds, usage.ru_maxrss / 1024
+def measure(stage: str, cwd: Path, pythonpath: str) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of `pipeline STAGE`, which must succeed."""
+    code, seconds, peak_mb, error = rss.pipeline(stage, cwd, pythonpath)
+    if code != 0:
+        raise SystemExit(f"pipeline {stage} failed ({code}): {error}")
+    return seconds, peak_mb
 
 
 def run_size(n: int, work: Path, corpus: Path, pythonpath: str) -> dict[str, float]:
@@ -89,8 +76,8 @@ def run_size(n: int, work: Path, corpus: Path, pythonpath: str) -> dict[str, flo
     params["download"].update(source="csv", path=str(corpus))
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     row: dict[str, float] = {"docs": n, "csv_mb": corpus.stat().st_size / 1e6}
-    row["download_s"], row["download_mb"] = measure(["download"], work, pythonpath)
-    row["prepare_s"], row["prepare_mb"] = measure(["prepare"], work, pythonpath)
+    row["download_s"], row["download_mb"] = measure("download", work, pythonpath)
+    row["prepare_s"], row["prepare_mb"] = measure("prepare", work, pythonpath)
     prepared = work / "data" / "prepared"
     row["ids_mb"] = sum(
         n_rows * params["prepare"]["max_len"] * 8 / 1e6

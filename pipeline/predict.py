@@ -12,7 +12,6 @@ or one JSON object per text with --json.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -182,11 +181,10 @@ def chunks(texts: Iterable[str]) -> Iterator[tuple[int, list[str]]]:
 
 
 def _json_line(p: Prediction) -> str:
+    """One line of --json output, newline included, through the project's one JSONL writer."""
     top = [{"label": label, "probability": prob} for label, prob in p.top_k]
-    return json.dumps(
-        {"index": p.index, "label": p.label, "probability": p.probability, "top_k": top},
-        ensure_ascii=False,
-    )
+    row = {"index": p.index, "label": p.label, "probability": p.probability, "top_k": top}
+    return io.jsonl_line(row).decode("utf-8")
 
 
 def _rows(
@@ -277,7 +275,7 @@ def run(
     for start, chunk in chunks(source):
         predictions = list(predict(clf, chunk, top_k, before=start))
         if as_json:
-            sys.stdout.write("".join(_json_line(p) + "\n" for p in predictions))
+            sys.stdout.write("".join(map(_json_line, predictions)))
         elif sys.stdout.isatty():
             _print_table(predictions, chunk, top_k)
         else:

@@ -102,6 +102,9 @@ ARCHIVES = {
                         "not stored or deflated"),
     "zip of many entries": ("x.zip", lambda: _zip(
         {"data.csv": GOOD, **{f"f{i}.txt": b"" for i in range(60)}}), "a zip of 61 entries"),
+    "tar of many members": ("x.tar.gz", lambda: _tar_gz(
+        [(_member(f"f{i}.txt"), b"") for i in range(60)] + [(_member("data.csv"), GOOD)]),
+        "more than 50 archive members"),
     "endless line in a .csv.gz": ("x.csv.gz", lambda: gzip.compress(
         b"text,label\n" + b"\0" * 200_000, mtime=0), "line 2: longer than 50000 characters"),
     "endless quoted field": ("x.csv.gz", lambda: gzip.compress(
@@ -117,7 +120,7 @@ ARCHIVES = {
 @pytest.mark.parametrize("case", ARCHIVES, ids=list(ARCHIVES))
 def test_crafted_inputs_are_refused_in_one_line(previous, serve, monkeypatch, case):
     monkeypatch.setattr(archive, "MAX_TAR_HEADER_BYTES", 2048)
-    monkeypatch.setattr(archive, "MAX_ZIP_MEMBERS", 50)
+    monkeypatch.setattr(archive, "MAX_MEMBERS", 50)
     monkeypatch.setattr(io, "MAX_LINE_CHARS", 50_000)
     name, make, expected = ARCHIVES[case]
     link, sha = serve(name, make())

@@ -24,7 +24,7 @@ from pipeline.sources.table import Format
 # A download, or anything unpacked from it, may occupy at most this much disk.
 MAX_UNCOMPRESSED_BYTES = 1 << 30
 # What a format holds in memory besides the data: real archives use a tiny share of these.
-MAX_ZIP_MEMBERS = 10_000
+MAX_MEMBERS = 10_000  # a zip's entries or a tar's members (tarfile keeps one object for each)
 MAX_ZIP_DIRECTORY_BYTES = 1 << 24
 MAX_TAR_HEADER_BYTES = 1 << 20
 CHUNK = 1 << 16
@@ -85,7 +85,7 @@ def unzip(archive: Path, dest: Path, what: str) -> tuple[str, Format]:
     if end is None:
         raise zipfile.BadZipFile("no end of central directory record")
     entries, directory = end[zipfile._ECD_ENTRIES_TOTAL], end[zipfile._ECD_SIZE]
-    if entries > MAX_ZIP_MEMBERS or directory > MAX_ZIP_DIRECTORY_BYTES:
+    if entries > MAX_MEMBERS or directory > MAX_ZIP_DIRECTORY_BYTES:
         raise UserError(f"{what}: a zip of {entries} entries ({directory}-byte directory); refused")
     with zipfile.ZipFile(archive) as zf:
         infos = zf.infolist()
@@ -142,7 +142,9 @@ def untar(archive: Path, dest: Path, what: str) -> tuple[str, Format]:
         with gzip.open(archive) as raw, tarfile.open(
             fileobj=Capped(raw.read, what), mode="r|", tarinfo=_TarInfo
         ) as tar:
-            for member in tar:
+            for count, member in enumerate(tar, start=1):
+                if count > MAX_MEMBERS:
+                    raise UserError(f"{what}: more than {MAX_MEMBERS} archive members; refused")
                 _check_name(member.name, what)
                 if member.isdir():
                     continue
