@@ -54,7 +54,8 @@ class _Chain:
             if block is None:
                 break
             self.buffer += block
-        out, self.buffer = (self.buffer, b"") if size < 0 else (self.buffer[:size], self.buffer[size:])
+        size = len(self.buffer) if size < 0 else size
+        out, self.buffer = self.buffer[:size], self.buffer[size:]
         return out
 
 
@@ -64,7 +65,10 @@ def gz_file(path: Path, blocks: Iterator[bytes]) -> None:
             fh.write(block)
 
 
-def tar_gz(path: Path, members: list[tuple[tarfile.TarInfo, int, Callable[[], Iterator[bytes]]]]) -> None:
+Member = tuple[tarfile.TarInfo, int, Callable[[], Iterator[bytes]]]  # (header, size, content)
+
+
+def tar_gz(path: Path, members: list[Member]) -> None:
     with gzip.GzipFile(path, "wb", compresslevel=9, mtime=0) as raw, tarfile.open(
         fileobj=raw, mode="w|", format=tarfile.GNU_FORMAT
     ) as tar:
@@ -192,7 +196,8 @@ def main() -> None:
     print(f"\n| archive ({args.gb:g} GB uncompressed) | size on the wire | wall s | peak RSS MB "
           "| exit | message |\n|---|---:|---:|---:|---:|---|")
     for name, wire, seconds, rss, code, message in rows:
-        print(f"| {name} | {wire / 1e6:,.2f} MB | {seconds:.1f} | {rss:,.0f} | {code} | {message} |")
+        print(f"| {name} | {wire / 1e6:,.2f} MB | {seconds:.1f} | {rss:,.0f} | {code} "
+              f"| {message} |")
     worst = max(r[3] for r in rows)
     print(f"\nhighest peak RSS: {worst:,.0f} MB (limit {LIMIT_MB} MB); "
           f"{'all refused within the limit' if not failures else f'{failures} case(s) FAILED'}")

@@ -6,8 +6,8 @@ class (about 1.9 KB a document, like the resampled corpus the memory problem was
 on). For each size it runs `pipeline download` (source csv) and `pipeline prepare` (params.yaml's
 prepare section) as child processes and reads each one's wall time and peak RSS from the kernel
 (os.wait4, see rss.py), then prints a table with the growth factor from one size to the next:
-time should grow like the documents (10x), peak RSS far less. "ids" is the size of the padded id arrays
-prepare writes, which it streams to disk rather than holding.
+time should grow like the documents (10x), peak RSS far less. "ids" is the size of the padded
+id arrays prepare writes, which it streams to disk rather than holding.
 
 --compare DIR runs the same corpora, up to --compare-up-to documents, with the `pipeline`
 package of another checkout (e.g. an older commit) and prints both side by side.
@@ -72,7 +72,8 @@ def run_size(n: int, work: Path, corpus: Path, pythonpath: str) -> dict[str, flo
     if work.exists():
         shutil.rmtree(work)
     work.mkdir()
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    # The params file of the checkout that runs: another commit may name its settings apart.
+    params = yaml.safe_load((Path(pythonpath) / "params.yaml").read_text())
     params["download"].update(source="csv", path=str(corpus))
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     row: dict[str, float] = {"docs": n, "csv_mb": corpus.stat().st_size / 1e6}

@@ -19,7 +19,7 @@ error data/raw is untouched. The same input always gives byte-identical outputs.
 from __future__ import annotations
 
 import hashlib
-import tempfile
+import shutil
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -37,16 +37,17 @@ MANIFEST = RAW_DIR / "manifest.json"
 def run(params: Params) -> None:
     cfg = params.download
     tally = Tally()
-    # The url source's temp folder lies outside data/raw and is gone when the stage ends.
-    with io.publish_dir(RAW_DIR) as stage, tempfile.TemporaryDirectory(
-        prefix="pipeline-download-"
-    ) as tmp:
+    with io.publish_dir(RAW_DIR) as stage:
+        # What a URL brings goes to scratch inside the unpublished generation: removed before
+        # publishing, and, if the stage is killed, with the rest of it by the next run.
+        scratch = stage / ".scratch"
         where = str(cfg.path or cfg.source)
         if cfg.source == "bbc-news":
             docs, origin = bbc.read(tally), bbc.origin()
         elif cfg.source == "url":
             print(f"downloading {cfg.url}", flush=True)
-            data, fmt, origin = url.fetch(str(cfg.url), str(cfg.sha256).lower(), Path(tmp))
+            scratch.mkdir()
+            data, fmt, origin = url.fetch(str(cfg.url), str(cfg.sha256).lower(), scratch)
             where = f"{origin['member']} in {cfg.url}" if "member" in origin else str(cfg.url)
             docs = table.read(data, fmt, cfg, where, tally)
         else:
@@ -64,6 +65,7 @@ def run(params: Params) -> None:
             "corpus_sha256": digest,
         }
         io.write_json(stage / MANIFEST.name, manifest)
+        shutil.rmtree(scratch, ignore_errors=True)
     summary = ", ".join(f"{k} {v}" for k, v in counts.items())
     print(f"{CORPUS}: {manifest['documents']} documents, {summary}")
 

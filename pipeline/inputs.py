@@ -70,11 +70,12 @@ def _texts(fh: IO[str], suffix: str, where: str, field: str, close: bool) -> Ite
         if suffix == ".csv":
             header, records = tables.csv_records(fh, where)
             if header and field not in header:
-                found = ", ".join(repr(c) for c in header)
+                found = tables.describe_columns(header)
                 raise UserError(
                     f"{where}: no column {field!r} (columns: {found}); name it with --text-field"
                 )
-            at = header.index(field) if header else 0
+            # Of equal column names the last counts, as with csv.DictReader.
+            at = len(header) - 1 - header[::-1].index(field) if header else 0
             for number, fields in records:
                 # A short row lacks its last cells: an empty text, not a missing column.
                 yield checked(fields[at] if at < len(fields) else "", f"{where}:{number}", field)

@@ -315,7 +315,7 @@ class NpzWriter:
             def write(block: np.ndarray) -> None:
                 nonlocal rows
                 if block.dtype != dtype or block.shape[1:] != shape[1:]:
-                    raise ValueError(f"{name}: block {block.dtype} {block.shape} does not fit {shape}")
+                    raise ValueError(f"{name}: a {block.dtype} {block.shape} block; {shape} expected")
                 rows += len(block)
                 fh.write(np.ascontiguousarray(block).tobytes())
 

@@ -15,6 +15,13 @@ from pipeline import io
 from pipeline.errors import UserError
 
 
+def describe_columns(header: list[str], most: int = 10, width: int = 30) -> str:
+    """The header's names for an error line: a crafted header must not make the line huge."""
+    names = [repr(c) if len(c) <= width else repr(c[: width - 3]) + "..." for c in header[:most]]
+    more = f", ... ({len(header)} in all)" if len(header) > most else ""
+    return (", ".join(names) + more) or "none"
+
+
 def csv_records(fh: IO[str], where: str) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
     """The header, then (line number, fields) of each non-blank record of a CSV file.
 

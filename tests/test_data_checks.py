@@ -90,7 +90,8 @@ def test_a_label_that_reads_like_a_sentence_is_refused(good):
 
 
 def test_a_label_column_of_ids_is_refused(good):
-    _write_csv([(t, l, str(i)) for i, (t, l) in enumerate(_docs())], header=("text", "topic", "label"))
+    rows = [(t, l, str(i)) for i, (t, l) in enumerate(_docs())]
+    _write_csv(rows, header=("text", "topic", "label"))
     _refused(_cli("download", source="csv", path="corpus.csv"),
              "48 distinct labels for 48 documents", "download.label_field")
     assert _outputs() == good
@@ -110,7 +111,8 @@ def test_numbers_and_booleans_spelt_apart_are_pointed_out(tiny_project):
     Path("corpus.jsonl").write_text("\n".join(lines) + "\n")
     result = _cli("download")
     assert result.exit_code == 0, result.output
-    assert "warning: corpus.jsonl: the labels '1', '1.0', 'True' are separate classes" in result.stderr
+    warning = "warning: corpus.jsonl: the labels '1', '1.0', 'True' are separate classes"
+    assert warning in result.stderr
     assert json.loads(Path("data/raw/manifest.json").read_text())["labels"] == ["1", "1.0", "True"]
 
 

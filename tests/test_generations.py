@@ -43,8 +43,11 @@ main()
 
 
 def _stage(stage: str, cwd: Path, kill_at: int | None = None) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    args = ["-m", "pipeline", stage] if kill_at is None else ["-c", KILL_AT_REPLACE, str(kill_at), stage]
+    # The system temp folder is one the test can see: a killed stage must leave nothing there.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(cwd.parent / "systmp")}
+    args = ["-m", "pipeline", stage]
+    if kill_at is not None:
+        args = ["-c", KILL_AT_REPLACE, str(kill_at), stage]
     return subprocess.Popen([sys.executable, *args], cwd=cwd, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -71,6 +74,7 @@ def _project(root: Path, seed: int) -> Path:
 
 @pytest.mark.parametrize("stage", ["download", "prepare"])
 def test_a_killed_stage_leaves_one_whole_generation(tmp_path, stage):
+    (tmp_path / "systmp").mkdir()
     # The new generation differs from the old in corpus and seed, so a mix would show.
     new = _project(tmp_path / "new", seed=1)
     _run("download", new)
@@ -100,3 +104,4 @@ def test_a_killed_stage_leaves_one_whole_generation(tmp_path, stage):
     _run(stage, work)
     assert _files(work / OUTPUTS[stage]) == expected_new
     assert sorted(p.name for p in (work / "data").iterdir()) == ["prepared", "raw"]
+    assert list((tmp_path / "systmp").iterdir()) == []

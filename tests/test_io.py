@@ -85,13 +85,16 @@ def test_temp_files_of_a_killed_writer_are_removed_and_a_live_writers_kept(tmp_p
     assert left == sorted(["prepared", running.name, unrelated.name, "stats.json"])
 
 
-@pytest.mark.parametrize("text", ["line\u2028sep", "para\u2029sep", "next\x85line", "tab\tcr\r\nlf"])
+@pytest.mark.parametrize(
+    "text", ["line\u2028sep", "para\u2029sep", "next\x85line", "tab\tcr\r\nlf"]
+)
 def test_jsonl_lines_survive_splitlines_and_read_back(tmp_path, text):
     line = io.jsonl_line({"text": text, "label": "x"})
     assert line.endswith(b"\n") and len(line.decode().splitlines()) == 1
     path = tmp_path / "t.jsonl"
     path.write_bytes(line * 2)
-    assert [row for _, row in io.read_jsonl(path, "texts", "make")] == [{"text": text, "label": "x"}] * 2
+    rows = [row for _, row in io.read_jsonl(path, "texts", "make")]
+    assert rows == [{"text": text, "label": "x"}] * 2
 
 
 def test_jsonl_refuses_unpaired_surrogates_in_one_line():

@@ -149,7 +149,8 @@ def untar(archive: Path, dest: Path, what: str) -> tuple[str, Format]:
                 if member.isdir():
                     continue
                 if not member.isfile():
-                    raise UserError(f"{what}: refused, archive member {member.name!r} {_NOT_A_FILE}")
+                    name = member.name
+                    raise UserError(f"{what}: refused, archive member {name!r} {_NOT_A_FILE}")
                 if is_data(member.name):
                     found.append(member.name)
                     if len(found) > 1:

@@ -58,7 +58,7 @@ def read(path: Path, fmt: Format, cfg: DownloadParams, where: str, tally: Tally)
 
 def _column(header: list[str], field: str, key: str, where: str) -> int:
     if field not in header:
-        found = ", ".join(repr(c) for c in header) or "none"
+        found = tables.describe_columns(header)
         raise UserError(f"{where}: no column {field!r} (download.{key}); columns found: {found}")
     return len(header) - 1 - header[::-1].index(field)  # the last of equal names, as DictReader
 
