@@ -7,7 +7,6 @@ test that tampers with the model or the vocabulary leaves the others alone.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io as stdio
 import json
 import shutil
@@ -18,7 +17,7 @@ import torch
 from conftest import make_corpus, tiny_params_dict
 from typer.testing import CliRunner
 
-from pipeline import download, params as params_module, prepare, train
+from pipeline import download, params as params_module, prepare, publish, train
 from pipeline import predict as predict_module
 from pipeline.cli import app
 from pipeline.models import predict_logits
@@ -36,17 +35,16 @@ def trained(tmp_path_factory) -> Path:
     """data/prepared and models/birnn.pt for the tiny corpus, trained until it fits it."""
     root = tmp_path_factory.mktemp("trained")
     (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in make_corpus()))
-    params = params_module.parse(tiny_params_dict())
-    params = dataclasses.replace(
-        params,
-        train=dataclasses.replace(params.train, max_epochs=30, patience=30, lr=0.01),
-        birnn=dataclasses.replace(params.birnn, embed_dim=16, hidden_dim=16, dropout=0.2),
-    )
+    raw = tiny_params_dict()
+    raw["train"].update(max_epochs=30, patience=30, lr=0.01)
+    raw["birnn"].update(embed_dim=16, hidden_dim=16, dropout=0.2)
+    params = params_module.parse(raw)
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(stdio.StringIO()):
         mp.chdir(root)
         download.run(params)
         prepare.run(params)
-        train.run(params, "birnn")
+        train.run(params, "birnn", params.train.seeds[0])
+        publish.run(params, "birnn")
     return root
 
 
