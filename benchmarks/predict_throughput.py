@@ -28,8 +28,9 @@ import numpy as np
 import torch
 
 from pipeline import io, params as params_module
+from pipeline.inputs import read_texts
 from pipeline.models import ModelConfig, RNNClassifier
-from pipeline.predict import Classifier, default_workers, load_classifier, predict, read_texts
+from pipeline.predict import Classifier, default_workers, load_classifier, predict
 from pipeline.text import PAD, UNK, Vocab
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,21 +1,29 @@
-"""Atomic file writes, hashing and checkpoints that load without unpickling code.
+"""Atomic writes, generations of outputs, the one JSONL format, arrays and checkpoints.
 
-Every output goes through a temp file in the same folder and `os.replace`, so a stage that
-is interrupted never leaves a half-written file for DVC to cache.
+Every output goes through a temp file or folder beside it and a rename, so a stage that is
+interrupted never leaves a half-written file for DVC to cache. A stage with several outputs
+publishes them as one generation (`publish_dir`): readers see the whole old set or the whole
+new one, never a new train.npz next to an old vocabulary. Temp names carry the writer's process
+id, so leftovers of a killed run are recognised and removed by the next one.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import io
 import json
 import os
 import pickle
+import re
+import shutil
 import tempfile
 import zipfile
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import IO, Any
 
 import numpy as np
 
@@ -25,13 +33,57 @@ from pipeline.errors import UserError
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
+# Longest line any JSONL or CSV reader accepts: far above a real document (the whole BBC corpus
+# is 5 MB), far below what would let one crafted line exhaust memory while it is parsed.
+MAX_LINE_CHARS = 1 << 24
+
+
+# ---- atomic files and generations ------------------------------------------------------------
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_stale(path: str | Path) -> None:
+    """Remove temp files and folders that a killed writer of `path` left beside it.
+
+    A leftover is recognised by its name (`.<name>.<pid>.<random>.tmp` or `.old`) and removed
+    only when that process is gone, so a writer that is still running keeps its own.
+    """
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[^./]+\.(?:tmp|old)")
+    try:
+        entries = list(path.parent.iterdir())
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success it replaces `path`, on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     # mkstemp creates 0600; published files get the usual mode the umask allows.
     os.chmod(tmp, 0o666 & ~_UMASK)
@@ -41,6 +93,62 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def publish_dir(path: str | Path) -> Iterator[Path]:
+    """Yield an empty folder beside `path`; on success it becomes `path` in one step.
+
+    Whatever the caller writes there appears together, replacing the previous contents of
+    `path` as a whole; on error or interrupt the folder is removed and `path` is untouched.
+    """
+    path = Path(path)
+    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(path)
+    stage = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
+    os.chmod(stage, 0o777 & ~_UMASK)  # mkdtemp creates 0700
+    try:
+        yield stage
+        _swap_in(stage, path)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        for folder in created:  # deepest first: a failed stage leaves no folder it made
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+    shutil.rmtree(stage, ignore_errors=True)  # after a swap it holds the old generation
+
+
+def _swap_in(stage: Path, path: Path) -> None:
+    """Move `stage` to `path`, leaving the previous `path` (if any) at `stage`."""
+    if not path.exists() and not path.is_symlink():
+        os.rename(stage, path)
+    elif not _exchange(stage, path):
+        # Without an atomic exchange, `path` is briefly missing: a reader then finds nothing,
+        # which it reports, rather than a mix of two generations.
+        old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".old", dir=path.parent))
+        os.rmdir(old)
+        os.rename(path, old)
+        os.rename(stage, path)
+        os.rename(old, stage)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically with Linux's renameat2(RENAME_EXCHANGE); False if unsupported."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
@@ -62,8 +170,39 @@ def read_json(path: str | Path, what: str) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path}: {what} not found; run `dvc repro` first") from None
+    except RecursionError:
+        raise UserError(f"{path}: {what} is nested too deeply to be read") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"{path}: {what} is not readable JSON ({exc})") from None
+
+
+# ---- JSON lines: the one writer and the one reader ------------------------------------------
+
+# json.dumps leaves these unescaped with ensure_ascii=False, yet str.splitlines() breaks lines at
+# them; escaping keeps one object per line for any reader and decodes to the same text.
+_LINE_BREAKS = (("\x85", "\\u0085"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"))
+
+
+def jsonl_line(obj: Any) -> bytes:
+    """One JSONL line, newline included, as UTF-8: readable text, one object per line."""
+    line = json.dumps(obj, ensure_ascii=False)
+    for char, escape in _LINE_BREAKS:  # str.replace scans at C speed; translate would not
+        line = line.replace(char, escape)
+    line += "\n"
+    try:
+        return line.encode("utf-8")
+    except UnicodeEncodeError:  # only a JSON escape such as "\\ud800" can smuggle one in
+        raise UserError("a text holds an unpaired surrogate, which UTF-8 cannot store") from None
+
+
+def bounded_lines(fh: IO[str], where: str) -> Iterator[str]:
+    """The lines of a text file, each at most MAX_LINE_CHARS long, without reading more."""
+    limit, number = MAX_LINE_CHARS, 0
+    for line in iter(lambda: fh.readline(limit + 1), ""):
+        number += 1
+        if len(line) > limit and line[-1] not in "\r\n":
+            raise UserError(f"{where}: line {number}: longer than {limit} characters; refused")
+        yield line
 
 
 def jsonl_objects(lines: Iterable[str], where: str) -> Iterator[tuple[int, dict]]:
@@ -75,9 +214,29 @@ def jsonl_objects(lines: Iterable[str], where: str) -> Iterator[tuple[int, dict]
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise UserError(f"{where}: line {number}: not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise UserError(f"{where}: line {number}: JSON nested too deeply; refused") from None
         if not isinstance(row, dict):
             raise UserError(f"{where}: line {number}: expected a JSON object")
         yield number, row
+
+
+def read_jsonl(path: str | Path, what: str, producer: str) -> Iterator[tuple[int, dict]]:
+    """(line number, object) from a JSONL file that `producer` wrote with `jsonl_line`, lazily.
+
+    Lines end at "\\n" only: a reader that splits at U+2028 or U+0085 (str.splitlines) would
+    break a text in two, and `jsonl_line` never writes those characters raw anyway.
+    """
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8", newline="\n") as fh:
+            yield from jsonl_objects(bounded_lines(fh, str(path)), str(path))
+    except FileNotFoundError:
+        raise UserError(f"{path}: {what} not found; run `{producer}` first") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: {what} is not UTF-8; rerun `{producer}`") from None
+    except OSError as exc:
+        raise UserError(f"{path}: {what} cannot be read ({exc.strerror or exc})") from None
 
 
 def read_learning_curves(
@@ -125,6 +284,53 @@ def save_arrays(path: str | Path, **arrays: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
+
+
+class NpzWriter:
+    """An uncompressed .npz written array by array, an array possibly block by block.
+
+    The bytes are those np.savez writes for the same arrays in the same order (the same zip
+    calls and .npy header), so an array never has to be whole in memory to be saved.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self._zip = zipfile.ZipFile(path, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True)
+
+    def add(self, name: str, array: np.ndarray) -> None:
+        with self._zip.open(f"{name}.npy", "w", force_zip64=True) as fh:
+            np.lib.format.write_array(fh, np.asanyarray(array))
+
+    @contextmanager
+    def blocks(
+        self, name: str, dtype: np.dtype | type, shape: tuple[int, ...]
+    ) -> Iterator[Callable[[np.ndarray], None]]:
+        """Yield `write(block)`: blocks of rows, in order, that together make the (shape) array."""
+        dtype = np.dtype(dtype)
+        rows = 0
+        with self._zip.open(f"{name}.npy", "w", force_zip64=True) as fh:
+            header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                      "shape": shape}
+            np.lib.format.write_array_header_1_0(fh, header)
+
+            def write(block: np.ndarray) -> None:
+                nonlocal rows
+                if block.dtype != dtype or block.shape[1:] != shape[1:]:
+                    raise ValueError(f"{name}: a {block.dtype} {block.shape} block; {shape} expected")
+                rows += len(block)
+                fh.write(np.ascontiguousarray(block).tobytes())
+
+            yield write
+        if rows != shape[0]:
+            raise ValueError(f"{name}: {rows} rows written, {shape[0]} announced")
+
+    def close(self) -> None:
+        self._zip.close()
+
+    def __enter__(self) -> NpzWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def load_arrays(path: str | Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:

@@ -12,27 +12,24 @@ or one JSON object per text with --json.
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from io import StringIO
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline import io
+from pipeline import inputs, io
 from pipeline.errors import UserError
 from pipeline.models import ModelConfig, RNNClassifier, predict_logits
 from pipeline.params import MODELS
 from pipeline.text import PAD, PAD_ID, UNK, UNK_ID, Vocab, encode, tokenise
 
 MODELS_DIR = Path("models")
-STDIN = "-"
 BATCH_SIZE = 128  # texts per forward pass
 CHUNK = 8192  # texts encoded at once; bounds the (N, max_len) id array for very long inputs
 MAX_WORKERS = 4
@@ -156,127 +153,65 @@ def probabilities(
 
 def predict(
     clf: Classifier,
-    texts: Sequence[str],
+    texts: Iterable[str],
     top_k: int = 1,
     batch_size: int = BATCH_SIZE,
     workers: int | None = None,
+    before: int = 0,
 ) -> Iterator[Prediction]:
-    """Predictions in input order, computed CHUNK texts at a time."""
-    for start in range(0, len(texts), CHUNK):
-        probs, knows_a_word = probabilities(clf, texts[start : start + CHUNK], batch_size, workers)
+    """Predictions in input order, computed CHUNK texts at a time as `texts` yields them.
+
+    `before` texts came earlier in the same input: the first gets index before + 1.
+    """
+    for start, chunk in chunks(texts):
+        probs, knows_a_word = probabilities(clf, chunk, batch_size, workers)
         values, indices = probs.topk(top_k, dim=-1)  # sorted, most likely first
         for row, (vals, idx, known) in enumerate(
             zip(values.tolist(), indices.tolist(), knows_a_word.tolist())
         ):
             yield Prediction(
-                index=start + row + 1,
+                index=before + start + row + 1,
                 top_k=tuple((clf.labels[i], v) for v, i in zip(vals, idx)),
                 knows_a_word=known,
             )
 
 
-# ---- reading texts ------------------------------------------------------------------------
-
-
-def _checked(text: object, where: str, field: str | None) -> str:
-    if text is None:
-        raise UserError(f"{where}: no {field!r} field; name the text field with --text-field")
-    if not isinstance(text, str):
-        raise UserError(f"{where}: {field!r} must be a string, got {type(text).__name__}")
-    if not text.strip():
-        raise UserError(f"{where}: the text is empty; every text needs at least one word")
-    return text
-
-
-def _lines(content: str) -> list[str]:
-    # Split at newlines only: str.splitlines would also break a text at \x85 or \u2028.
-    lines = content.split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    return [line.removesuffix("\r") for line in lines]
-
-
-def _csv_texts(content: str, where: str, field: str) -> list[str]:
-    # Long articles may exceed the csv module's default 128 KiB field limit.
-    csv.field_size_limit(max(csv.field_size_limit(), len(content)))
-    reader = csv.DictReader(StringIO(content, newline=""))
-    try:
-        columns = reader.fieldnames or []
-        if columns and field not in columns:
-            found = ", ".join(repr(c) for c in columns)
-            raise UserError(
-                f"{where}: no column {field!r} (columns: {found}); name it with --text-field"
-            )
-        # A short row has None for its missing cells: an empty text, not a missing column.
-        return [_checked(row[field] or "", f"{where}:{reader.line_num}", field) for row in reader]
-    except csv.Error as exc:
-        raise UserError(f"{where}:{reader.line_num}: not valid CSV ({exc})") from None
-
-
-def _jsonl_texts(content: str, where: str, field: str) -> list[str]:
-    return [
-        _checked(row.get(field), f"{where}:{number}", field)
-        for number, row in io.jsonl_objects(_lines(content), where)
-    ]
-
-
-def read_texts(source: str, text_field: str | None = None) -> list[str]:
-    """Texts from a file, or stdin for `-`: .csv and .jsonl by suffix, else one text per line."""
-    where = "stdin" if source == STDIN else source
-    suffix = "" if source == STDIN else Path(source).suffix.lower()
-    if text_field is not None and suffix not in (".csv", ".jsonl"):
-        raise UserError(f"{where}: --text-field applies to .csv and .jsonl files only")
-    try:
-        raw = sys.stdin.buffer.read() if source == STDIN else Path(source).read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{where}: file not found") from None
-    except IsADirectoryError:
-        raise UserError(f"{where}: is a folder; --file takes a file") from None
-    except OSError as exc:
-        raise UserError(f"{where}: cannot read ({exc.strerror or exc})") from None
-    try:
-        content = raw.decode("utf-8-sig")  # the BOM spreadsheet programs write is accepted
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{where}: not UTF-8 (byte {exc.start}); save it as UTF-8") from None
-    field = text_field or "text"
-    if suffix == ".csv":
-        texts = _csv_texts(content, where, field)
-    elif suffix == ".jsonl":
-        texts = _jsonl_texts(content, where, field)
-    else:
-        texts = [_checked(line, f"{where}:{n}", None) for n, line in enumerate(_lines(content), 1)]
-    if not texts:
-        raise UserError(f"{where}: holds no texts to classify")
-    return texts
+def chunks(texts: Iterable[str]) -> Iterator[tuple[int, list[str]]]:
+    """(how many came before, the next CHUNK texts): bounds what is held at once."""
+    it, start = iter(texts), 0
+    while chunk := list(islice(it, CHUNK)):
+        yield start, chunk
+        start += len(chunk)
 
 
 # ---- output -------------------------------------------------------------------------------
 
 
 def _json_line(p: Prediction) -> str:
+    """One line of --json output, newline included, through the project's one JSONL writer."""
     top = [{"label": label, "probability": prob} for label, prob in p.top_k]
-    return json.dumps(
-        {"index": p.index, "label": p.label, "probability": p.probability, "top_k": top},
-        ensure_ascii=False,
-    )
+    row = {"index": p.index, "label": p.label, "probability": p.probability, "top_k": top}
+    return io.jsonl_line(row).decode("utf-8")
 
 
 def _rows(
-    predictions: list[Prediction], texts: Sequence[str], top_k: int
+    predictions: Iterable[Prediction], texts: Iterable[str], top_k: int
 ) -> tuple[list[str], list[list[str]]]:
     headers = ["#", "text", "label", "probability"] + (["next most likely"] if top_k > 1 else [])
     rows = [
-        [str(p.index), " ".join(texts[p.index - 1].split()), p.label, f"{p.probability:.3f}"]
+        [str(p.index), " ".join(text.split()), p.label, f"{p.probability:.3f}"]
         + ([", ".join(f"{label} {prob:.3f}" for label, prob in p.top_k[1:])] if top_k > 1 else [])
-        for p in predictions
+        for p, text in zip(predictions, texts)
     ]
     return headers, rows
 
 
-def _print_lines(predictions: list[Prediction], texts: Sequence[str], top_k: int) -> None:
+def _print_lines(
+    predictions: list[Prediction], texts: Sequence[str], top_k: int, header: bool = True
+) -> None:
     """Tab-separated lines with a header, for pipes and files: quick for any number of texts."""
     headers, rows = _rows(predictions, texts, top_k)
-    sys.stdout.write("".join("\t".join(row) + "\n" for row in [headers, *rows]))
+    sys.stdout.write("".join("\t".join(row) + "\n" for row in [headers] * header + rows))
 
 
 def _print_table(predictions: list[Prediction], texts: Sequence[str], top_k: int) -> None:
@@ -304,12 +239,11 @@ def _print_table(predictions: list[Prediction], texts: Sequence[str], top_k: int
     console.print(table)
 
 
-def _note_unknown_only(predictions: list[Prediction]) -> None:
-    blind = [p.index for p in predictions if not p.knows_a_word]
-    if blind:
-        shown = ", ".join(f"#{i}" for i in blind[:5]) + (", ..." if len(blind) > 5 else "")
+def _note_unknown_only(blind: list[int], count: int) -> None:
+    if count:
+        shown = ", ".join(f"#{i}" for i in blind) + (", ..." if count > len(blind) else "")
         print(
-            f"note: {len(blind)} text(s) ({shown}) hold no word of the model's vocabulary; "
+            f"note: {count} text(s) ({shown}) hold no word of the model's vocabulary; "
             "their labels reflect only their length, not their content",
             file=sys.stderr,
         )
@@ -329,25 +263,33 @@ def run(
     if texts and file is not None:
         raise UserError("give texts as arguments or with --file, not both")
     if file is not None:
-        inputs = read_texts(file, text_field)
+        source: Iterable[str] = inputs.read_texts(file, text_field)
     elif text_field is not None:
         raise UserError("--text-field applies to --file with a .csv or .jsonl file")
     elif not texts:
         raise UserError("no texts to classify: give them as arguments, or --file PATH (- is stdin)")
     else:
-        inputs = [_checked(text, f"text {n}", None) for n, text in enumerate(texts, start=1)]
+        source = inputs.from_arguments(texts)
     clf = load_classifier(model_path(model), vocab)
     # The RNN's per-step matrices are too small for torch's intra-op threads to pay; on a busy
     # machine they make inference several times slower. The cores go to parallel batches instead.
     torch.set_num_threads(1)
     if not 1 <= top_k <= len(clf.labels):
         raise UserError(f"--top-k must be between 1 and {len(clf.labels)} (labels), got {top_k}")
-    predictions = list(predict(clf, inputs, top_k))
-    if as_json:
-        sys.stdout.write("".join(_json_line(p) + "\n" for p in predictions))
-    elif sys.stdout.isatty():
-        _print_table(predictions, inputs, top_k)
-    else:
-        # rich needs about 0.5 ms a row: a table of 10,000 texts would take seconds to draw.
-        _print_lines(predictions, inputs, top_k)
-    _note_unknown_only(predictions)
+    blind: list[int] = []  # the first few texts without a known word, and how many in all
+    n_blind = 0
+    # Printed a chunk at a time, so a long input streams through in bounded memory.
+    for start, chunk in chunks(source):
+        predictions = list(predict(clf, chunk, top_k, before=start))
+        if as_json:
+            sys.stdout.write("".join(map(_json_line, predictions)))
+        elif sys.stdout.isatty():
+            _print_table(predictions, chunk, top_k)
+        else:
+            # rich needs about 0.5 ms a row: a table of 10,000 texts would take seconds to draw.
+            _print_lines(predictions, chunk, top_k, header=start == 0)
+        sys.stdout.flush()
+        unknown = [p.index for p in predictions if not p.knows_a_word]
+        blind += unknown[: 5 - len(blind)]
+        n_blind += len(unknown)
+    _note_unknown_only(blind, n_blind)

@@ -11,7 +11,7 @@ import json
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +32,12 @@ def normalise(text: str) -> str:
 
 
 def tokenise(text: str) -> list[str]:
-    return _TOKEN.findall(normalise(text))
+    return tokens_of(normalise(text))
+
+
+def tokens_of(normalised: str) -> list[str]:
+    """The tokens of a text that `normalise` has already been applied to."""
+    return _TOKEN.findall(normalised)
 
 
 @dataclass(frozen=True)
@@ -47,8 +52,11 @@ class Vocab:
 
     @classmethod
     def build(cls, docs: Iterable[Sequence[str]], min_freq: int, max_vocab: int) -> Vocab:
+        return cls.from_counts(Counter(tok for doc in docs for tok in doc), min_freq, max_vocab)
+
+    @classmethod
+    def from_counts(cls, counts: Mapping[str, int], min_freq: int, max_vocab: int) -> Vocab:
         """Most frequent tokens first, ties broken alphabetically so the order is stable."""
-        counts = Counter(tok for doc in docs for tok in doc)
         kept = sorted((t for t, c in counts.items() if c >= min_freq), key=lambda t: (-counts[t], t))
         return cls((PAD, UNK, *kept[: max_vocab - 2]))
 
@@ -84,11 +92,35 @@ def encode(
     Returns ids (N, max_len) int64 and true lengths (N,) int64. An empty document becomes
     a single <unk> so every sequence has at least one real step.
     """
-    ids = np.full((len(token_lists), max_len), PAD_ID, dtype=np.int64)
-    lengths = np.zeros(len(token_lists), dtype=np.int64)
-    for row, tokens in enumerate(token_lists):
-        seq = vocab.ids(tokens) or [UNK_ID]
-        seq = seq[:max_len] if keep == "head" else seq[-max_len:]
-        ids[row, : len(seq)] = seq
-        lengths[row] = len(seq)
+    flat = np.fromiter(
+        (i for tokens in token_lists for i in vocab.ids(tokens)), dtype=np.int64
+    )
+    counts = np.fromiter((len(tokens) for tokens in token_lists), np.int64, len(token_lists))
+    ids, lengths, _ = encode_flat(flat, counts, max_len, keep)
     return ids, lengths
+
+
+def encode_flat(
+    flat: np.ndarray, counts: np.ndarray, max_len: int, keep: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`encode` for documents already numericalised and laid end to end.
+
+    flat: (T,) the ids of every document in turn; counts: (N,) how many belong to each.
+    Returns ids (N, max_len) int64, lengths (N,) int64 and, per document, how many of its
+    ids (before truncation) are <unk>.
+    """
+    n = len(counts)
+    doc = np.repeat(np.arange(n), counts)  # (T,) the document each id belongs to
+    pos = np.arange(len(flat)) - (np.cumsum(counts) - counts)[doc]  # (T,) place in its document
+    kept = np.minimum(counts, max_len)
+    # head keeps places [0, max_len); tail keeps the last `kept` and shifts them to the front.
+    skip = np.zeros(n, np.int64) if keep == "head" else counts - kept
+    col = pos - skip[doc]
+    inside = (col >= 0) & (col < max_len)
+    ids = np.full((n, max_len), PAD_ID, dtype=np.int64)
+    ids[doc[inside], col[inside]] = flat[inside]
+    empty = counts == 0
+    ids[empty, 0] = UNK_ID
+    lengths = np.where(empty, 1, kept).astype(np.int64)
+    unknown = np.bincount(doc[flat == UNK_ID], minlength=n).astype(np.int64)
+    return ids, lengths, unknown

@@ -21,6 +21,7 @@ import yaml
 from typer.testing import CliRunner
 
 from pipeline import download
+from pipeline.sources import archive as archives
 from pipeline.cli import app
 from pipeline.errors import UserError
 from pipeline.io import sha256_file
@@ -290,7 +291,7 @@ def test_archive_needs_exactly_one_data_file(work, serve):
     ("big.tar.gz", lambda data: _tar_gz({"big.csv": data})),
 ])
 def test_uncompressed_size_cap_is_enforced(work, serve, monkeypatch, name, pack):
-    monkeypatch.setattr(download, "MAX_UNCOMPRESSED_BYTES", 20_000)
+    monkeypatch.setattr(archives, "MAX_UNCOMPRESSED_BYTES", 20_000)
     archive = pack(_csv_bytes([("same text again", "a")] * 10_000))
     assert len(archive) < 20_000  # small on the wire: only the unpacked size can trip the cap
     url, sha = serve(name, archive)

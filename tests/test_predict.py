@@ -341,3 +341,32 @@ def test_a_vocabulary_that_does_not_fit_the_embedding_is_refused(project):
     result = _cli("--model", "models/longer.pt", "zebra goal")
     _one_line_refusal(result, "models/longer.pt")
     assert result.stdout == ""
+
+
+def test_deeply_nested_json_input_is_one_line(project):
+    _write("in.jsonl", '{"text": "goal"}\n' + '{"text": ' + "[" * 50_000 + "]" * 50_000 + "}\n")
+    result = _cli("--file", "in.jsonl")
+    _one_line_refusal(result, "in.jsonl: line 2: JSON nested too deeply")
+    assert result.stdout == ""
+
+
+def test_input_is_read_and_printed_a_chunk_at_a_time(project, monkeypatch):
+    # Texts are read as they are classified: with chunks of two, the first four texts are
+    # printed before the bad sixth line is even read.
+    monkeypatch.setattr(predict_module, "CHUNK", 2)
+    _write("in.txt", "goal team\nbank market\nchip data\nmatch win\nprofit tax\n\nlast one\n")
+    result = _cli("--file", "in.txt")
+    _one_line_refusal(result, "in.txt:6: the text is empty")
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [row[:2] for row in rows] == [["#", "text"], ["1", "goal team"], ["2", "bank market"],
+                                         ["3", "chip data"], ["4", "match win"]]
+
+
+def test_indices_and_notes_run_across_chunks(project, monkeypatch):
+    monkeypatch.setattr(predict_module, "CHUNK", 3)
+    texts = ["goal", "zzqq", "bank", "market", "xxyy", "chip", "wwvv"]
+    rows = _json("--file", "-", stdin="\n".join(texts) + "\n")
+    assert [r["index"] for r in rows] == list(range(1, 8))
+    assert rows == _json(*texts)
+    result = _cli("--file", "-", stdin="\n".join(texts) + "\n")
+    assert "note: 3 text(s) (#2, #5, #7)" in result.stderr
