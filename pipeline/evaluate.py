@@ -97,13 +97,7 @@ def load_model(path: Path, labels: list[str], vocab_sha256: str, encoding: dict)
 def read_texts(split: str, label_ids: dict[str, int], expected: torch.Tensor) -> list[str]:
     """The split's original texts; their labels must match the .npz row for row."""
     path = PREPARED / f"{split}.jsonl"
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found; run `dvc repro prepare`") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not readable text ({exc}); rerun `pipeline prepare`") from None
-    rows = [row for _, row in io.jsonl_objects(lines, str(path))]
+    rows = [row for _, row in io.read_jsonl(path, "split texts", "pipeline prepare")]
     try:
         texts = [row["text"] for row in rows]
         ids = [label_ids[row["label"]] for row in rows]
