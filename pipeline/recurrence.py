@@ -32,8 +32,8 @@ from torch import nn
 from pipeline import io
 
 
-def _compiled():
-    """The C++ time loop (pipeline/csrc/recurrence.cpp), built once per machine; None if it cannot be."""
+def compiled():
+    """The C++ kernels (pipeline/csrc/recurrence.cpp), built once per machine; None if they cannot be."""
     global _KERNEL
     if _KERNEL is None:
         _KERNEL = False
@@ -66,7 +66,7 @@ def _build(load):
     copy = folder / "recurrence.cpp"
     if not copy.exists() or copy.read_bytes() != source:
         io.write_bytes(copy, source)
-    return load(name=name, sources=[str(copy)], build_directory=str(folder), extra_cflags=["-O3"])
+    return load(name=name, sources=[str(copy)], build_directory=str(folder), extra_cflags=["-O3", "-march=native"])
 _KERNEL = None
 
 
@@ -83,7 +83,7 @@ class TanhRecurrence(torch.autograd.Function):
         # view: autograd would then copy the whole base twice on the way back.
         ctx.mark_dirty(flat)
         pre = flat.view(flat.size(0), steps, -1, flat.size(-1))
-        kernel = _compiled() if pre.device.type == "cpu" else None
+        kernel = compiled() if pre.device.type == "cpu" else None
         if kernel is not None:
             kernel.forward_(pre, weight, torch.get_num_threads())
         else:
@@ -103,7 +103,7 @@ class TanhRecurrence(torch.autograd.Function):
         flat, weight = ctx.saved_tensors
         out = flat.view(flat.size(0), ctx.steps, -1, flat.size(-1))  # (D, T, B, H)
         grad_out = grad_out.view_as(out)
-        kernel = _compiled() if out.device.type == "cpu" else None
+        kernel = compiled() if out.device.type == "cpu" else None
         if kernel is not None:
             grad = kernel.backward(grad_out, out, weight, torch.get_num_threads())
         else:

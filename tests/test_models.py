@@ -140,13 +140,13 @@ def test_the_compiled_loop_and_the_pytorch_loop_agree(monkeypatch):
     """The C++ time loop builds here (g++ and ninja are part of the set-up) and matches the fallback."""
     from pipeline import recurrence
 
-    assert recurrence._compiled() is not None
+    assert recurrence.compiled() is not None
     g = torch.Generator().manual_seed(0)
     pre = torch.randn(2, 30 * 16, 8, generator=g)
     weight = torch.randn(2, 8, 8, generator=g) * 0.5
     upstream = torch.randn(2, 30, 16, 8, generator=g)
     results = []
-    for kernel in (recurrence._compiled(), False):
+    for kernel in (recurrence.compiled(), False):
         monkeypatch.setattr(recurrence, "_KERNEL", kernel)
         x, w = pre.clone().requires_grad_(), weight.clone().requires_grad_()
         out = recurrence.TanhRecurrence.apply(x * 1, w, 30).view(2, 30, 16, 8)
@@ -154,3 +154,16 @@ def test_the_compiled_loop_and_the_pytorch_loop_agree(monkeypatch):
         results.append((out.detach(), x.grad, w.grad))
     for compiled, pytorch in zip(*results):
         assert torch.allclose(compiled, pytorch, atol=1e-5)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.7])
+def test_the_compiled_dropout_mask_keeps_one_minus_p_scaled_and_follows_its_seed(p):
+    from pipeline import recurrence
+
+    x = torch.zeros(100, 32, 50)
+    mask = recurrence.compiled().dropout_mask(x, p, 123)
+    values = mask.unique().tolist()
+    assert values[0] == 0.0 and values[1:] == [pytest.approx(1 / (1 - p))]
+    assert (mask == 0).float().mean().item() == pytest.approx(p, abs=0.01)
+    assert torch.equal(mask, recurrence.compiled().dropout_mask(x, p, 123))
+    assert not torch.equal(mask, recurrence.compiled().dropout_mask(x, p, 124))

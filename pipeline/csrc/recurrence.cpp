@@ -100,7 +100,33 @@ at::Tensor backward(const at::Tensor& grad_out_, const at::Tensor& out, const at
   return grad;
 }
 
+// An inverted-dropout mask shaped like x: 0 with probability p, else 1 / (1 - p). Each value
+// comes from a 32-bit hash of (seed, index), a loop the compiler vectorises; torch's CPU
+// generator draws one number at a time and costs more than the rest of the layer's input.
+at::Tensor dropout_mask(const at::Tensor& x, double p, int64_t seed) {
+  at::Tensor mask = at::empty_like(x, at::MemoryFormat::Contiguous);
+  const int64_t n = mask.numel();
+  const uint32_t threshold = static_cast<uint32_t>(p * 4294967296.0);
+  const uint32_t key = static_cast<uint32_t>(seed) ^ static_cast<uint32_t>(seed >> 32) * 0x9E3779B9u;
+  AT_DISPATCH_FLOATING_TYPES(mask.scalar_type(), "dropout_mask", [&] {
+    scalar_t* out = mask.data_ptr<scalar_t>();
+    const scalar_t keep = static_cast<scalar_t>(1.0 / (1.0 - p));
+    for (int64_t i = 0; i < n; ++i) {
+      uint32_t z = static_cast<uint32_t>(i) * 0x9E3779B1u + key;  // murmur3's finaliser
+      z ^= z >> 16;
+      z *= 0x85EBCA6Bu;
+      z ^= z >> 13;
+      z *= 0xC2B2AE35u;
+      z ^= z >> 16;
+      out[i] = z >= threshold ? keep : scalar_t(0);
+    }
+  });
+  return mask;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("dropout_mask", &dropout_mask, "inverted-dropout mask from a counter-based hash",
+        py::call_guard<py::gil_scoped_release>());
   // ATen needs no GIL: other Python threads (predict's batches) run meanwhile.
   m.def("forward_", &forward_, "tanh recurrence, forward, in place",
         py::call_guard<py::gil_scoped_release>());
