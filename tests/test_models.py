@@ -167,3 +167,17 @@ def test_the_compiled_dropout_mask_keeps_one_minus_p_scaled_and_follows_its_seed
     assert (mask == 0).float().mean().item() == pytest.approx(p, abs=0.01)
     assert torch.equal(mask, recurrence.compiled().dropout_mask(x, p, 123))
     assert not torch.equal(mask, recurrence.compiled().dropout_mask(x, p, 124))
+
+
+def test_max_over_time_splits_the_gradient_among_ties_like_amax():
+    from pipeline.models import MaxOverTime
+
+    x = torch.randn(2, 6, 3, 4, dtype=torch.float64)
+    x[:, 1] = x.amax(1) + 1  # a maximum at step 1 ...
+    x[0, 4, 2] = x[0, 1, 2]  # ... tied at step 4 for some units, as saturated tanh units tie at 1.0
+    grad = torch.randn(2, 3, 4, dtype=torch.float64)
+    ours, reference = x.clone().requires_grad_(), x.clone().requires_grad_()
+    (MaxOverTime.apply(ours) * grad).sum().backward()
+    (reference.amax(1) * grad).sum().backward()
+    assert torch.allclose(ours.grad, reference.grad)
+    assert ours.grad[0, 4, 2].abs().sum() > 0

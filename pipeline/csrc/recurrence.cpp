@@ -10,6 +10,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <vector>
 
 namespace {
 
@@ -124,7 +125,39 @@ at::Tensor dropout_mask(const at::Tensor& x, double p, int64_t seed) {
   return mask;
 }
 
+// The gradient of top = amax(x, dim 1) for x (A, T, ...): grad goes to the steps that hold the
+// maximum, split evenly among ties (saturated tanh units tie at exactly 1). Two passes over x,
+// where the ATen ops would make five.
+at::Tensor max_backward(const at::Tensor& x_, const at::Tensor& top_, const at::Tensor& grad_) {
+  const at::Tensor x = x_.contiguous();
+  const at::Tensor top = top_.contiguous(), grad = grad_.contiguous();
+  at::Tensor result = at::empty_like(x, at::MemoryFormat::Contiguous);
+  const int64_t outer = x.size(0), steps = x.size(1), inner = x.numel() / (outer * steps);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "max_backward", [&] {
+    at::parallel_for(0, outer, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> share(inner);
+      for (int64_t a = begin; a < end; ++a) {
+        const scalar_t* xs = x.data_ptr<scalar_t>() + a * steps * inner;
+        const scalar_t* tp = top.data_ptr<scalar_t>() + a * inner;
+        const scalar_t* gp = grad.data_ptr<scalar_t>() + a * inner;
+        scalar_t* out = result.data_ptr<scalar_t>() + a * steps * inner;
+        std::fill(share.begin(), share.end(), scalar_t(0));
+        for (int64_t t = 0; t < steps; ++t) {
+          for (int64_t i = 0; i < inner; ++i) share[i] += xs[t * inner + i] == tp[i];
+        }
+        for (int64_t i = 0; i < inner; ++i) share[i] = gp[i] / share[i];
+        for (int64_t t = 0; t < steps; ++t) {
+          for (int64_t i = 0; i < inner; ++i) out[t * inner + i] = xs[t * inner + i] == tp[i] ? share[i] : 0;
+        }
+      }
+    });
+  });
+  return result;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("max_backward", &max_backward, "gradient of amax over dim 1",
+        py::call_guard<py::gil_scoped_release>());
   m.def("dropout_mask", &dropout_mask, "inverted-dropout mask from a counter-based hash",
         py::call_guard<py::gil_scoped_release>());
   // ATen needs no GIL: other Python threads (predict's batches) run meanwhile.
