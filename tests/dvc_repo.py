@@ -21,7 +21,6 @@ from conftest import ROOT, make_corpus, tiny_params_dict
 
 BIN = Path(sys.executable).parent  # the venv's bin: dvc, and the `pipeline` console script
 DVC = str(BIN / "dvc")
-ALL_STAGES = {"download", "prepare", "train@baseline", "train@birnn", "evaluate", "compare"}
 
 
 def repo_env(repo: Path, **extra: str) -> dict[str, str]:
@@ -32,6 +31,10 @@ def repo_env(repo: Path, **extra: str) -> dict[str, str]:
         "PYTHONPATH": str(repo),
         "DVC_NO_ANALYTICS": "1",
         "DVC_SITE_CACHE_DIR": str(repo.parent / "dvc-site-cache"),
+        # The C++ recurrence is rebuilt whenever its source path changes, which every temporary
+        # repo, clone and queue worker's copy does (20-30 s each here); the PyTorch loop computes
+        # the same, and these tests are about DVC, not the kernel.
+        "PIPELINE_PURE_PYTORCH": "1",
         "GIT_AUTHOR_NAME": "e2e", "GIT_AUTHOR_EMAIL": "e2e@example.com",
         "GIT_COMMITTER_NAME": "e2e", "GIT_COMMITTER_EMAIL": "e2e@example.com",
         **extra,
@@ -77,15 +80,16 @@ def make_repo(repo: Path, params: dict | None = None) -> dict[str, str]:
     return env
 
 
-def exp_show_rows(node) -> list[dict]:
-    """Every {"params", "metrics"} record anywhere in `dvc exp show --json`'s nested output."""
+def exp_show_rows(node, name: str | None = None) -> list[dict]:
+    """Every {"rev", "params", "metrics", ...} record anywhere in `dvc exp show --json`'s
+    nested output, with its experiment's (or branch's) "name" added."""
     rows = []
     if isinstance(node, dict):
         if "params" in node and "metrics" in node:
-            rows.append(node)
+            rows.append({**node, "name": name})
         for value in node.values():
-            rows += exp_show_rows(value)
+            rows += exp_show_rows(value, node.get("name", name))
     elif isinstance(node, list):
         for value in node:
-            rows += exp_show_rows(value)
+            rows += exp_show_rows(value, name)
     return rows
