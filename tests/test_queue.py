@@ -1,0 +1,102 @@
+"""A sweep through DVC's experiment queue: two experiments, two parallel workers, on the tiny corpus.
+
+Queue workers run each experiment in a temporary copy of the commit that holds only git-tracked
+files (and take unchanged outputs from the shared cache), so the corpus and the code are
+committed here. They inherit the environment of `dvc queue start`, which is how
+OMP_NUM_THREADS=1 reaches each worker's training (which records the threads it used) and keeps
+two workers to one core each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import tiny_params_dict
+from dvc_repo import DVC, exp_show_rows, make_repo, ran, runner
+
+pytestmark = pytest.mark.e2e
+
+TIMEOUT_S = 300
+
+
+def processes_in(folder: Path) -> dict[int, str]:
+    """{pid: command line} of the processes working inside `folder`."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if cwd == str(folder) or cwd.startswith(f"{folder}{os.sep}"):
+            found[int(entry.name)] = cmdline
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="watches the workers through /proc")
+def test_two_queued_experiments_run_in_two_workers_with_one_thread_each(tmp_path):
+    repo = tmp_path / "repo"
+    params = tiny_params_dict()
+    params["train"]["seeds"] = [7]
+    params["train"]["threads"] = 2  # as in params.yaml: OMP_NUM_THREADS=1 is what must cap it
+    env = make_repo(repo, params)
+    sh = runner(repo, env)
+    sh(DVC, "repro")
+    sh("git", "add", "-A")
+    sh("git", "commit", "-qm", "baseline run")
+
+    for hidden_dim in (4, 12):
+        assert "Queued experiment" in sh(DVC, "exp", "run", "--queue", "-S", f"birnn.hidden_dim={hidden_dim}")
+
+    # The workers are daemons that keep whatever stdout they inherit open: a pipe would not close.
+    with open(tmp_path / "queue-start.log", "w") as log:
+        subprocess.run(
+            (DVC, "queue", "start", "-j", "2"), cwd=repo, env={**env, "OMP_NUM_THREADS": "1"},
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, timeout=120, check=True,
+        )
+    runs_at_once = 0
+    try:
+        # Workers exit on their own once the queue is empty; until then, count what runs at once.
+        deadline = time.monotonic() + TIMEOUT_S
+        while (seen := processes_in(repo)) and time.monotonic() < deadline:
+            runs_at_once = max(runs_at_once, sum(" exp exec-run " in cmd for cmd in seen.values()))
+            time.sleep(0.2)
+    finally:
+        if processes_in(repo):
+            subprocess.run((DVC, "queue", "stop", "--kill"), cwd=repo, env=env, capture_output=True, timeout=120)
+            time.sleep(5)
+        for pid in processes_in(repo):  # whatever this test started and is still running
+            os.kill(pid, signal.SIGKILL)
+    assert not processes_in(repo), "queue workers still running"
+
+    status = sh(DVC, "queue", "status")
+    assert status.count("Success") == 2, status
+    assert "Worker status: 0 active, 0 idle" in status
+    assert runs_at_once == 2, "the two experiments did not run side by side"
+
+    experiments = {
+        row["params"]["params.yaml"]["data"]["birnn"]["hidden_dim"]: row
+        for row in exp_show_rows(json.loads(sh(DVC, "exp", "show", "--json")))
+    }
+    assert {4, 8, 12} <= set(experiments)  # the committed run and the two experiments
+    trained = {}
+    for hidden_dim in (4, 12):
+        # Each trained the BiRNN only, the rest coming from the cache, in one thread.
+        assert ran(sh(DVC, "queue", "logs", experiments[hidden_dim]["name"])) == {
+            "train@birnn-7", "publish@birnn", "evaluate", "compare"
+        }
+        summary = sh("git", "show", f"{experiments[hidden_dim]['rev']}:metrics/train/birnn/seed7.json")
+        trained[hidden_dim] = json.loads(summary)
+        assert trained[hidden_dim]["threads"] == 1
+    assert trained[4]["trainable_parameters"] < trained[12]["trainable_parameters"]
+    small, large = (experiments[h]["metrics"]["metrics/compare.json"]["data"]["birnn"] for h in (4, 12))
+    assert small["val"]["loss"] != large["val"]["loss"]
