@@ -31,10 +31,6 @@ def repo_env(repo: Path, **extra: str) -> dict[str, str]:
         "PYTHONPATH": str(repo),
         "DVC_NO_ANALYTICS": "1",
         "DVC_SITE_CACHE_DIR": str(repo.parent / "dvc-site-cache"),
-        # The C++ recurrence is rebuilt whenever its source path changes, which every temporary
-        # repo, clone and queue worker's copy does (20-30 s each here); the PyTorch loop computes
-        # the same, and these tests are about DVC, not the kernel.
-        "PIPELINE_PURE_PYTORCH": "1",
         "GIT_AUTHOR_NAME": "e2e", "GIT_AUTHOR_EMAIL": "e2e@example.com",
         "GIT_COMMITTER_NAME": "e2e", "GIT_COMMITTER_EMAIL": "e2e@example.com",
         **extra,
