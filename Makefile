@@ -1,4 +1,5 @@
-# Two commands on a fresh machine: `make repro` runs the pipeline, `make test` runs the tests.
+# Two commands on a fresh machine: `make repro` runs the pipeline, `make test` runs the tests
+# (`make lint` checks style and types).
 # Both create .venv and install the pinned dependencies first; a second call skips that.
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -10,7 +11,7 @@ PLOTS_PAGE := .dvc/offline_plots.html
 # dvc.yaml's stages call the `pipeline` console script, so the venv's bin must be on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install repro test bench clean
+.PHONY: install repro test lint bench clean
 
 install: $(STAMP) $(PLOTS_PAGE)
 
@@ -29,6 +30,12 @@ repro: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Style and types, configured in pyproject.toml: the same checks for everyone and for CI.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy pipeline
 
 # Benchmarks print ratios measured side by side in one run; run them on an idle machine.
 bench: $(STAMP)
