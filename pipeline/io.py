@@ -376,7 +376,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             "not a plain-tensor checkpoint",
         )
         raise UserError(f"{path}: refused, the checkpoint holds more than tensors ({reason})") from None
-    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # a damaged file makes the unpickler fail in any way: KeyError, IndexError, ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{path}: not a readable checkpoint ({first})") from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
