@@ -7,9 +7,8 @@ user can cause print one line and exit with code 2.
 from __future__ import annotations
 
 import importlib
-import sys
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -24,17 +23,26 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-ParamsPath = Annotated[
-    Path, typer.Option("--params", help="The params file to read.", dir_okay=False)
-]
+ParamsPath = Annotated[Path, typer.Option("--params", help="The params file to read.", dir_okay=False)]
 
 T = TypeVar("T")
 
 
-class ModelName(str, Enum):
+class ModelName(StrEnum):
     baseline = "baseline"
     birnn = "birnn"
     stacked = "stacked"
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+ModelOption = Annotated[
+    str, typer.Option("--model", help="birnn, stacked or baseline (models/<name>.pt), or a checkpoint path.")
+]
 
 
 def _guard(work: Callable[[], T]) -> T:
@@ -125,25 +133,50 @@ def predict(
         str | None,
         typer.Option("--text-field", help="The .csv column or .jsonl key holding the text (default: text)."),
     ] = None,
-    model: Annotated[
-        str, typer.Option("--model", help="birnn, stacked or baseline (models/<name>.pt), or a checkpoint path.")
-    ] = "birnn",
+    model: ModelOption = "birnn",
     vocab: Annotated[
         Path | None,
         typer.Option("--vocab", help="Check that the checkpoint was trained with this vocabulary file."),
     ] = None,
-    top_k: Annotated[
-        int, typer.Option("--top-k", metavar="K", help="Show the K most likely labels.")
-    ] = 1,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object per text, not a table.")
-    ] = False,
+    top_k: Annotated[int, typer.Option("--top-k", metavar="K", help="Show the K most likely labels.")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per text, not a table.")] = False,
+    device: Annotated[
+        Device, typer.Option("--device", help="Where the model runs: cpu, cuda, or auto (cuda if there is one).")
+    ] = Device.cpu,
 ) -> None:
     """Label new texts with a trained model: TEXT arguments, or a file of texts (--file)."""
     from pipeline import predict as stage
 
-    options = dict(model=model, vocab=vocab, text_field=text_field, top_k=top_k, as_json=as_json)
-    _guard(lambda: stage.run(texts or [], file, **options))
+    _guard(
+        lambda: stage.run(
+            texts or [],
+            file,
+            model=model,
+            vocab=vocab,
+            text_field=text_field,
+            top_k=top_k,
+            as_json=as_json,
+            device=device.value,
+        )
+    )
+
+
+@app.command()
+def export(
+    model: ModelOption = "birnn",
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            metavar="PATH",
+            help="The TorchScript file to write (default: exported/<model>.pt); its JSON sidecar goes beside it.",
+        ),
+    ] = None,
+) -> None:
+    """Write a checkpoint as TorchScript and a JSON sidecar (vocabulary, labels, tokenizer): no pipeline needed."""
+    from pipeline import export as stage
+
+    _guard(lambda: stage.run(model, out))
 
 
 @app.command("plots-template")
@@ -163,4 +196,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

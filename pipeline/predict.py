@@ -1,13 +1,16 @@
 """predict: label new texts with a trained checkpoint. Not a DVC stage: it reads, never writes.
 
 Reads models/<model>.pt, or any checkpoint path: a checkpoint carries its vocabulary, labels
-and truncation, so it is all predict needs. `--vocab` optionally checks that the checkpoint was
-trained with a given vocabulary file (its sha256 must match). Texts come from the command line, or from a file or stdin: one text per line, or
-one field of a .csv or .jsonl file. They go through prepare's own path (text.tokenise, then
-text.encode with the checkpoint's max_len and keep), so long texts are truncated exactly as in
-training. The model is loaded once and texts are classified in batches of similar length, so
-little padding is computed. Prints a table on a terminal, tab-separated lines when piped,
-or one JSON object per text with --json.
+and truncation, so it is all predict needs (pipeline.classifier). `--vocab` optionally checks
+that the checkpoint was trained with a given vocabulary file (its sha256 must match). It runs
+on the CPU unless `--device cuda` (or `auto`: cuda where there is one) is given.
+
+Texts come from the command line, or from a file or stdin: one text per line, or one field of
+a .csv or .jsonl file. They go through prepare's own path (text.tokenise, then text.encode with
+the checkpoint's max_len and keep), so long texts are truncated exactly as in training. The
+model is loaded once and texts are classified in batches of similar length, so little padding
+is computed. Prints a table on a terminal, tab-separated lines when piped, or one JSON object
+per text with --json.
 """
 
 from __future__ import annotations
@@ -23,27 +26,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import inputs, io
+from pipeline import devices, inputs, io
+from pipeline.classifier import Classifier, checkpoint_path, load_classifier
 from pipeline.errors import UserError
-from pipeline.models import ModelConfig, RNNClassifier, predict_logits
-from pipeline.params import MODELS
-from pipeline.text import PAD, PAD_ID, UNK, UNK_ID, Vocab, encode, tokenise
+from pipeline.models import predict_logits
+from pipeline.text import PAD_ID, UNK_ID, encode, tokenise
 
-MODELS_DIR = Path("models")
 BATCH_SIZE = 128  # texts per forward pass
 CHUNK = 8192  # texts encoded at once; bounds the (N, max_len) id array for very long inputs
 MAX_WORKERS = 4
-
-
-@dataclass(frozen=True)
-class Classifier:
-    """A checkpoint's model with the vocabulary, labels and truncation it was trained with."""
-
-    model: RNNClassifier
-    vocab: Vocab
-    labels: tuple[str, ...]
-    max_len: int
-    keep: str
 
 
 @dataclass(frozen=True)
@@ -59,53 +50,6 @@ class Prediction:
     @property
     def probability(self) -> float:
         return self.top_k[0][1]
-
-
-def model_path(model: str) -> Path:
-    """`birnn` and `baseline` name a trained model under models/; any other value is a path."""
-    return MODELS_DIR / f"{model}.pt" if model in MODELS else Path(model)
-
-
-def load_classifier(checkpoint: Path, vocab_path: Path | None = None) -> Classifier:
-    """The checkpoint's model in eval mode with its own vocabulary; `vocab_path`, if given, must be it."""
-    ckpt = io.load_checkpoint(checkpoint)
-    tokens = ckpt.get("vocab")
-    if tokens is None:
-        raise UserError(f"{checkpoint}: holds no vocabulary (saved by an older version); retrain it with `dvc repro`")
-    if not isinstance(tokens, list) or tokens[:2] != [PAD, UNK] or not all(isinstance(t, str) for t in tokens):
-        raise UserError(f"{checkpoint}: its vocabulary is malformed (expected tokens starting with {PAD}, {UNK})")
-    vocab = Vocab(tuple(tokens))
-    if vocab_path is not None:
-        try:
-            digest = io.sha256_file(vocab_path)
-        except OSError as exc:
-            raise UserError(f"{vocab_path}: cannot read the vocabulary ({exc.strerror or exc})") from None
-        if digest != ckpt["vocab_sha256"]:
-            raise UserError(f"{checkpoint}: was trained with another vocabulary than {vocab_path}")
-    try:
-        cfg = ModelConfig(**ckpt["config"])
-        model = RNNClassifier(cfg)
-        model.load_state_dict(ckpt["model"])
-        labels = tuple(ckpt["labels"])
-        max_len, keep = int(ckpt["encoding"]["max_len"]), ckpt["encoding"]["keep"]
-    except KeyError as exc:
-        raise UserError(f"{checkpoint}: has no {exc.args[0]!r} entry; run `dvc repro`") from None
-    except (TypeError, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(
-            f"{checkpoint}: not a checkpoint this version can use ({first}); run `dvc repro`"
-        ) from None
-    if len(vocab) != cfg.vocab_size:
-        raise UserError(f"{checkpoint}: its vocabulary has {len(vocab)} words but the model {cfg.vocab_size}; run `dvc repro`")
-    if (
-        len(labels) != cfg.num_classes
-        or not all(isinstance(label, str) for label in labels)
-        or max_len < 1
-        or keep not in ("head", "tail")
-    ):
-        raise UserError(f"{checkpoint}: labels or encoding do not fit the model; run `dvc repro`")
-    model.eval()
-    return Classifier(model, vocab, labels, max_len, keep)
 
 
 def default_workers() -> int:
@@ -258,8 +202,9 @@ def run(
     text_field: str | None = None,
     top_k: int = 1,
     as_json: bool = False,
+    device: str = "cpu",
 ) -> None:
-    """Classify `texts`, or those read from `file`, and print a table or JSON lines."""
+    """Classify `texts`, or those read from `file`, on `device` (cpu, cuda or auto); print a table or JSON lines."""
     if texts and file is not None:
         raise UserError("give texts as arguments or with --file, not both")
     if file is not None:
@@ -270,9 +215,12 @@ def run(
         raise UserError("no texts to classify: give them as arguments, or --file PATH (- is stdin)")
     else:
         source = inputs.from_arguments(texts)
-    clf = load_classifier(model_path(model), vocab)
+    target = devices.pick(device, "--device")
+    clf = load_classifier(checkpoint_path(model), vocab, target)
     # The RNN's per-step matrices are too small for torch's intra-op threads to pay; on a busy
-    # machine they make inference several times slower. The cores go to parallel batches instead.
+    # machine they make inference several times slower. The cores go to parallel batches instead;
+    # a GPU takes one batch at a time.
+    workers = 1 if target.type == "cuda" else None
     torch.set_num_threads(1)
     if not 1 <= top_k <= len(clf.labels):
         raise UserError(f"--top-k must be between 1 and {len(clf.labels)} (labels), got {top_k}")
@@ -280,7 +228,7 @@ def run(
     n_blind = 0
     # Printed a chunk at a time, so a long input streams through in bounded memory.
     for start, chunk in chunks(source):
-        predictions = list(predict(clf, chunk, top_k, before=start))
+        predictions = list(predict(clf, chunk, top_k, workers=workers, before=start))
         if as_json:
             sys.stdout.write("".join(map(_json_line, predictions)))
         elif sys.stdout.isatty():

@@ -32,21 +32,13 @@ import torch
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from pipeline import distributed, io, layout
+from pipeline import devices, distributed, io, layout
 from pipeline.data import Split, bucketed_batches, load_split
 from pipeline.distributed import World
 from pipeline.errors import UserError
 from pipeline.models import ModelConfig, RNNClassifier, count_parameters
 from pipeline.params import Params, TrainParams
 from pipeline.text import Vocab
-
-
-def pick_device(choice: str, world: World) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device: cuda was asked for but no CUDA device is available")
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device("cuda", world.local_rank) if choice == "cuda" else torch.device("cpu")
 
 
 def thread_count(t: TrainParams) -> int:
@@ -227,7 +219,7 @@ def run(params: Params, name: str, seed: int) -> None:
         distributed.launch(["train", name, "--seed", str(seed)], t.processes)
         return
     torch.set_num_threads(thread_count(t))
-    device = pick_device(t.device, World(local_rank=int(os.environ.get("LOCAL_RANK", "0"))))
+    device = devices.pick(t.device, "train.device", int(os.environ.get("LOCAL_RANK", "0")))
     train, val = load_split("train"), load_split("val")
     labels = io.read_json(layout.PREPARED / "labels.json", "label list")
     stats = io.read_json(layout.PREPARED / "stats.json", "prepare stats")
