@@ -16,7 +16,9 @@ runs the tanh recurrence through a custom autograd Function and a C++ extension,
 TorchScript cannot save. It reads padded batches the way the training path does: the
 backward direction reads each text reversed in place, so in both directions the real steps
 come first and no real state depends on padding. Its logits match the checkpoint's model to
-float32 rounding for every cell, readout, direction and depth (tests/test_export.py).
+float32 rounding for every cell, readout, direction and depth (tests/test_export.py). One
+checkpoint exports to the same bytes every time (from one checkout: TorchScript's debug
+information names the source file's path).
 """
 
 from __future__ import annotations
@@ -46,15 +48,12 @@ class Recurrence(nn.Module):
     product for all of them, with torch's gate order and equations (nn.RNN, nn.GRU, nn.LSTM).
     """
 
-    __constants__ = ["cell"]  # TorchScript compiles only the branch of the cell
-
     def __init__(self, rnn: nn.RNNBase, layer: int, cell: str):
         super().__init__()
         suffixes = [f"_l{layer}", f"_l{layer}_reverse"][: 2 if rnn.bidirectional else 1]
 
         def stacked(name: str) -> nn.Parameter:
-            weights = [getattr(rnn, name + s).detach() for s in suffixes]
-            return nn.Parameter(torch.stack(weights).clone(), requires_grad=False)
+            return _frozen(torch.stack([getattr(rnn, name + s) for s in suffixes]))
 
         self.cell = cell
         self.w_ih = stacked("weight_ih")  # (D, G * H, in)
@@ -95,18 +94,17 @@ class Recurrence(nn.Module):
 class ScriptedClassifier(nn.Module):
     """RNNClassifier's eval-mode forward in standard ops, for torch.jit.script."""
 
-    __constants__ = ["readout", "directions"]
-
     def __init__(self, model: RNNClassifier):
         super().__init__()
         cfg = model.cfg
         self.readout = cfg.readout
         self.directions = model.num_directions
-        self.embedding = nn.Embedding.from_pretrained(model.embedding.weight.detach().clone())
+        # Plain tensors rather than nn.Embedding and nn.Linear: TorchScript writes those modules'
+        # constants in Python's set order, which differs from run to run, and so would the file.
+        self.embedding = _frozen(model.embedding.weight)  # (V, E)
         self.layers = nn.ModuleList([Recurrence(model.rnn, layer, cfg.cell) for layer in range(cfg.num_layers)])
-        self.head = nn.Linear(model.head.in_features, model.head.out_features)
-        self.head.load_state_dict(model.head.state_dict())
-        self.requires_grad_(False)
+        self.head_weight = _frozen(model.head.weight)  # (C, D * H)
+        self.head_bias = _frozen(model.head.bias)  # (C,)
         self.eval()
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -117,13 +115,13 @@ class ScriptedClassifier(nn.Module):
         steps = ids.size(1)
         if bool((lengths < 1).any()) or bool((lengths > steps).any()):
             raise ValueError("every length must lie between 1 and the number of steps")
-        if bool((ids < 0).any()) or bool((ids >= self.embedding.num_embeddings).any()):
+        if bool((ids < 0).any()) or bool((ids >= self.embedding.size(0)).any()):
             raise ValueError("ids must lie between 0 and the vocabulary size - 1")
         # (T, B): step t of a text read backwards is its token length - 1 - t; padding stays put.
         t = torch.arange(steps, device=ids.device).unsqueeze(1)
         n = lengths.unsqueeze(0)
         reverse = torch.where(t < n, n - 1 - t, t)
-        x = self.embedding(ids.t())  # (T, B, E)
+        x = self.embedding[ids.t()]  # (T, B, E)
         out = x.unsqueeze(0)
         for index, layer in enumerate(self.layers):
             if index > 0:
@@ -141,8 +139,12 @@ class ScriptedClassifier(nn.Module):
             pooled = out.masked_fill(~real, 0.0).sum(1) / lengths.view(1, -1, 1).to(out.dtype)
         else:
             pooled = out.masked_fill(~real, float("-inf")).amax(1)
-        features = pooled.transpose(0, 1).reshape(ids.size(0), self.head.in_features)  # (B, D * H)
-        return self.head(features)
+        features = pooled.transpose(0, 1).reshape(ids.size(0), self.head_weight.size(1))  # (B, D * H)
+        return torch.nn.functional.linear(features, self.head_weight, self.head_bias)
+
+
+def _frozen(tensor: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(tensor.detach().clone(), requires_grad=False)
 
 
 def _reverse(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from checkpoints import save_random_checkpoint
+from conftest import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -254,3 +256,15 @@ def test_a_bad_checkpoint_or_output_is_one_line_exit_2_and_writes_nothing(tmp_pa
     result = CliRunner().invoke(app, ["export", *args])
     _one_line_error(result, message)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_the_same_checkpoint_exports_to_the_same_bytes_in_any_process(tmp_path):
+    save_random_checkpoint(tmp_path / "m.ckpt", cell="lstm", bidirectional=True, num_layers=2)
+    outputs = []
+    for seed in ("1", "2"):  # Python's string hashing differs between the two processes
+        out = tmp_path / f"run{seed}" / "m.pt"
+        command = [sys.executable, "-m", "pipeline", "export", "--model", "m.ckpt", "--out", str(out)]
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(ROOT)}
+        subprocess.run(command, cwd=tmp_path, env=env, check=True, capture_output=True)
+        outputs.append((out.read_bytes(), out.with_suffix(".json").read_bytes()))
+    assert outputs[0] == outputs[1]
