@@ -25,6 +25,8 @@ app = typer.Typer(
 
 ParamsPath = Annotated[Path, typer.Option("--params", help="The params file to read.", dir_okay=False)]
 
+PLOTS_PAGE = Path(".dvc/offline_plots.html")
+
 T = TypeVar("T")
 
 
@@ -181,9 +183,7 @@ def export(
 
 @app.command("plots-template")
 def plots_template(
-    output: Annotated[
-        Path, typer.Option("--output", help="Where to write the page.", dir_okay=False)
-    ] = Path(".dvc/offline_plots.html"),
+    output: Annotated[Path, typer.Option("--output", help="Where to write the page.", dir_okay=False)] = PLOTS_PAGE,
 ) -> None:
     """Write the offline page for `dvc plots show|diff` (.dvc/config's plots.html_template)."""
     from pipeline import plots_template as page

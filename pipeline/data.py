@@ -10,12 +10,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from pipeline import io
 from pipeline.errors import UserError
+
+if TYPE_CHECKING:
+    from pipeline.models import RNNClassifier
 
 PREPARED = Path("data/prepared")
 BUCKET_BATCHES = 50  # batches per bucketing pool: texts are sorted by length within a pool
@@ -45,9 +49,7 @@ def load_split(name: str, folder: Path = PREPARED) -> Split:
     return split
 
 
-def bucketed_batches(
-    lengths: torch.Tensor, batch_size: int | None, generator: torch.Generator
-) -> list[torch.Tensor]:
+def bucketed_batches(lengths: torch.Tensor, batch_size: int | None, generator: torch.Generator) -> list[torch.Tensor]:
     """One epoch of shuffled batches (index tensors) of texts of similar length.
 
     A seeded permutation is cut into pools of BUCKET_BATCHES batches; each pool is sorted
@@ -73,7 +75,7 @@ def by_length(lengths: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
 
 
 @torch.inference_mode()
-def split_logits(model: nn.Module, split: Split, batch_size: int = SCORE_BATCH) -> torch.Tensor:
+def split_logits(model: RNNClassifier, split: Split, batch_size: int = SCORE_BATCH) -> torch.Tensor:
     """Eval-mode logits (N, C) on the CPU, in the split's order, computed on the model's device."""
     model.eval()
     device = next(model.parameters()).device
@@ -84,7 +86,7 @@ def split_logits(model: nn.Module, split: Split, batch_size: int = SCORE_BATCH) 
     return logits
 
 
-def score(model: nn.Module, split: Split, batch_size: int = SCORE_BATCH) -> dict[str, float]:
+def score(model: RNNClassifier, split: Split, batch_size: int = SCORE_BATCH) -> dict[str, float]:
     """Eval-mode loss and accuracy on a whole split."""
     logits = split_logits(model, split, batch_size)
     loss = nn.functional.cross_entropy(logits, split.labels).item()

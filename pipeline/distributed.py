@@ -71,9 +71,16 @@ def launch(argv: list[str], processes: int) -> None:
     line where it printed one (a UserError), otherwise which rank died and how.
     """
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
-        f"--nproc-per-node={processes}", "--max-restarts=0", "--monitor-interval=0.5",
-        "-m", "pipeline", *argv,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={processes}",
+        "--max-restarts=0",
+        "--monitor-interval=0.5",
+        "-m",
+        "pipeline",
+        *argv,
     ]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)

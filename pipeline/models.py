@@ -162,9 +162,7 @@ def count_parameters(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def predict_logits(
-    model: RNNClassifier, ids: torch.Tensor, lengths: torch.Tensor, batch_size: int
-) -> torch.Tensor:
+def predict_logits(model: RNNClassifier, ids: torch.Tensor, lengths: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Eval-mode logits (N, C) on the CPU, computed in batches on the model's device."""
     model.eval()
     device = next(model.parameters()).device

@@ -102,9 +102,7 @@ class PrepareParams:
 @dataclass(frozen=True, config=_CONFIG)
 class TrainParams:
     # Each model trains once per seed.
-    seeds: tuple[Seed, ...] = Field(
-        strict=True, min_length=1, max_length=32, json_schema_extra={"uniqueItems": True}
-    )
+    seeds: tuple[Seed, ...] = Field(strict=True, min_length=1, max_length=32, json_schema_extra={"uniqueItems": True})
     batch_size: StrictInt | None = Field(ge=1, le=1_000_000, description="null for full batch")
     max_epochs: StrictInt = Field(ge=1, le=100_000)
     patience: StrictInt = Field(ge=1, le=100_000)
@@ -346,9 +344,7 @@ def _read(path: Path) -> str:
     except OSError as exc:
         raise ParamsError(f"{path}: cannot read params file ({exc.strerror or exc})") from None
     if len(data) > MAX_FILE_BYTES:
-        raise ParamsError(
-            f"{path}: params file is over {MAX_FILE_BYTES:,} bytes; it holds settings, not data"
-        )
+        raise ParamsError(f"{path}: params file is over {MAX_FILE_BYTES:,} bytes; it holds settings, not data")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
