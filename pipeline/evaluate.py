@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
-from threadpoolctl import threadpool_limits
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import (
     accuracy_score,
@@ -32,6 +31,7 @@ from sklearn.metrics import (
     log_loss,
     precision_recall_fscore_support,
 )
+from threadpoolctl import threadpool_limits
 
 from pipeline import io, layout
 from pipeline.data import Split, load_split, split_logits
@@ -56,9 +56,7 @@ def split_metrics(y_true: np.ndarray, proba: np.ndarray, labels: list[str]) -> d
     """Scores of one split from true label ids (N,) and class probabilities (N, C)."""
     classes = list(range(len(labels)))
     y_pred = proba.argmax(1)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=classes, zero_division=0
-    )
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
     return {
         "accuracy": _round(accuracy_score(y_true, y_pred)),
         "loss": _round(log_loss(y_true, proba, labels=classes)),
@@ -111,7 +109,7 @@ def read_texts(split: str, label_ids: dict[str, int], expected: torch.Tensor) ->
 def seen_tokens(split: Split, vocab: Vocab) -> list[list[str]]:
     """The words an RNN reads for each text: its truncated ids, mapped back to the vocabulary."""
     words = vocab.tokens
-    return [[words[i] for i in row[:n]] for row, n in zip(split.ids.tolist(), split.lengths.tolist())]
+    return [[words[i] for i in row[:n]] for row, n in zip(split.ids.tolist(), split.lengths.tolist(), strict=True)]
 
 
 def _identity(tokens: list[str]) -> list[str]:
@@ -140,13 +138,17 @@ def fit_reference(texts: list, y: np.ndarray, p: ReferenceParams, pretokenised: 
 def _predictions(y_true: np.ndarray, proba: np.ndarray, labels: list[str]) -> list[dict[str, str]]:
     return [
         {"actual": labels[a], "predicted": labels[p]}
-        for a, p in zip(y_true.tolist(), proba.argmax(1).tolist())
+        for a, p in zip(y_true.tolist(), proba.argmax(1).tolist(), strict=True)
     ]
 
 
 def _reference(
-    name: str, inputs: dict[str, list], truth: dict[str, np.ndarray], labels: list[str],
-    p: ReferenceParams, pretokenised: bool,
+    name: str,
+    inputs: dict[str, list],
+    truth: dict[str, np.ndarray],
+    labels: list[str],
+    p: ReferenceParams,
+    pretokenised: bool,
 ) -> tuple[dict, list]:
     # One BLAS thread: lbfgs's sums then run in one order, so the same data gives the same fit.
     with threadpool_limits(limits=1):
@@ -189,7 +191,8 @@ def run(params: Params) -> None:
                 if s == "test" and seed == seeds[0]:
                     predictions[name] = _predictions(truth[s], proba, labels)
             runs[str(seed)] = scores
-            print(f"{layout.run_name(name, seed)}: " + ", ".join(f"{s} acc {scores[s]['accuracy']:.4f}" for s in SPLITS))
+            accuracies = ", ".join(f"{s} acc {scores[s]['accuracy']:.4f}" for s in SPLITS)
+            print(f"{layout.run_name(name, seed)}: {accuracies}")
         results[name] = {"seeds": runs, "trainable_parameters": count_parameters(model), "served_seed": seeds[0]}
 
     label_ids = {name: k for k, name in enumerate(labels)}
