@@ -50,7 +50,7 @@ def _split_order(present: set[str]) -> list[str]:
 
 def learning_curves_spec(curves: Mapping[str, Sequence[Run]]) -> dict[str, Any]:
     """Train vs. validation per epoch: colour is the model, the dash pattern is the split."""
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"model": model, "seed": seed, "metric": metric, "split": SPLIT_NAMES.get(split, split),
          "epoch": int(epoch), "value": float(value)}
         for model, runs in curves.items()
@@ -144,7 +144,7 @@ def confusion_spec(predictions: Mapping[str, Sequence[tuple[str, str]]]) -> dict
 
 def seed_spread_spec(scores: Mapping[str, Sequence[Mapping[str, float]]]) -> dict[str, Any]:
     """Accuracy of every seed as a dot, the range across seeds as a bar, the mean as a tick."""
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"model": model, "seed": seed, "split": SPLIT_NAMES.get(split, split), "accuracy": float(acc)}
         for model, runs in scores.items()
         for seed, by_split in enumerate(runs)
