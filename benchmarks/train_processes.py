@@ -29,7 +29,10 @@ def run_once(folder: Path, model: str, seed: int) -> tuple[float, float]:
     start = time.perf_counter()
     subprocess.run(
         [sys.executable, "-m", "pipeline", "train", model, "--seed", str(seed)],
-        cwd=folder, env=env, check=True, stdout=subprocess.DEVNULL,
+        cwd=folder,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
     )
     wall = time.perf_counter() - start
     summary = json.loads((folder / "metrics" / "train" / model / f"seed{seed}.json").read_text())
@@ -61,12 +64,13 @@ def main() -> None:
             params[args.model]["early_stopping"] = False  # every round runs the same epochs
             (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
             folders[name] = folder
-        for name, folder in folders.items():  # warm-up: imports, the C++ recurrence build
+        for folder in folders.values():  # warm-up: imports, the C++ recurrence build
             run_once(folder, args.model, seed)
         for _ in range(args.rounds):
             for name, folder in folders.items():
                 results[name].append(run_once(folder, args.model, seed))
-    print(f"{args.model}, {args.epochs} epochs, global batch {raw['train']['batch_size']}, median of {args.rounds} rounds")
+    batch = raw["train"]["batch_size"]
+    print(f"{args.model}, {args.epochs} epochs, global batch {batch}, median of {args.rounds} rounds")
     base_wall = base_rate = None
     for name, runs in results.items():
         wall = statistics.median(w for w, _ in runs)

@@ -109,7 +109,7 @@ def measure(cfg: ModelConfig, split: Split, batch_size: int, t, rounds: int, per
         if round_:
             rates["peer"].append(peer_rate)
             rates["project"].append(ours_rate)
-    ratio = statistics.median(o / p for o, p in zip(rates["project"], rates["peer"]))
+    ratio = statistics.median(o / p for o, p in zip(rates["project"], rates["peer"], strict=True))
     return {k: statistics.median(v) for k, v in rates.items()} | {"ratio": ratio}
 
 
@@ -128,7 +128,10 @@ def main() -> None:
     corpora = {"BBC News": bbc, "short texts 5-100": short_texts(vocab_size, num_classes)}
     roofline = roofline_gflops()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, sgemm roofline {roofline:.0f} GFLOP/s")
-    header = f"{'corpus':<18} {'model':<9} {'batch':>5} {'peer tok/s':>11} {'project tok/s':>14} {'ratio':>6} {'roofline':>8}"
+    header = (
+        f"{'corpus':<18} {'model':<9} {'batch':>5} {'peer tok/s':>11} {'project tok/s':>14} "
+        f"{'ratio':>6} {'roofline':>8}"
+    )
     print(header)
     print("-" * len(header))
     for corpus, split in corpora.items():
