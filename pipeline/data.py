@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 PREPARED = Path("data/prepared")
 BUCKET_BATCHES = 50  # batches per bucketing pool: texts are sorted by length within a pool
-SCORE_BATCH = 512
+SCORE_BATCH = 1024
 
 
 @dataclass(frozen=True)

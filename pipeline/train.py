@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from pipeline import devices, distributed, io, layout
-from pipeline.data import Split, bucketed_batches, load_split
+from pipeline.data import SCORE_BATCH, Split, bucketed_batches, load_split
 from pipeline.distributed import World
 from pipeline.errors import UserError
 from pipeline.models import ModelConfig, RNNClassifier, count_parameters
@@ -85,7 +85,7 @@ def score_shard(model: nn.Module, split: Split, world: World, device: torch.devi
     model.eval()
     index = torch.arange(world.rank, len(split), world.size)
     loss_sum, correct = 0.0, 0
-    for batch in index[torch.sort(split.lengths[index], descending=True, stable=True).indices].split(512):
+    for batch in index[torch.sort(split.lengths[index], descending=True, stable=True).indices].split(SCORE_BATCH):
         ids, lengths, labels = split.batch(batch)
         logits = model(ids.to(device, non_blocking=True), lengths).float().cpu()
         loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
