@@ -69,9 +69,10 @@ Member = tuple[tarfile.TarInfo, int, Callable[[], Iterator[bytes]]]  # (header, 
 
 
 def tar_gz(path: Path, members: list[Member]) -> None:
-    with gzip.GzipFile(path, "wb", compresslevel=9, mtime=0) as raw, tarfile.open(
-        fileobj=raw, mode="w|", format=tarfile.GNU_FORMAT
-    ) as tar:
+    with (
+        gzip.GzipFile(path, "wb", compresslevel=9, mtime=0) as raw,
+        tarfile.open(fileobj=raw, mode="w|", format=tarfile.GNU_FORMAT) as tar,
+    ):
         for info, size, blocks in members:
             info.size = size
             tar.addfile(info, _Chain(blocks()) if size else None)
@@ -114,21 +115,25 @@ def cases(size: int) -> dict[str, tuple[str, Callable[[Path], None]]]:
     csv_zeros = lambda: zeros(size)  # noqa: E731 - one line of NULs, no newline
     return {
         "csv.gz: one line of zeros": ("a.csv.gz", lambda p: gz_file(p, csv_zeros())),
-        "tar.gz: data.csv of zeros": ("b.tar.gz", lambda p: tar_gz(
-            p, [(tarfile.TarInfo("data.csv"), size, csv_zeros)])),
+        "tar.gz: data.csv of zeros": (
+            "b.tar.gz",
+            lambda p: tar_gz(p, [(tarfile.TarInfo("data.csv"), size, csv_zeros)]),
+        ),
         "zip: data.csv of zeros": ("c.zip", lambda p: zip_file(p, "data.csv", csv_zeros())),
-        "zip: bzip2 data.csv of zeros": ("d.zip", lambda p: zip_file(
-            p, "data.csv", csv_zeros(), zipfile.ZIP_BZIP2)),
+        "zip: bzip2 data.csv of zeros": ("d.zip", lambda p: zip_file(p, "data.csv", csv_zeros(), zipfile.ZIP_BZIP2)),
         "tar.gz: 1 GB pax header": ("e.tar.gz", lambda p: raw_tar_gz(p, tarfile.XHDTYPE, size)),
-        "tar.gz: 1 GB GNU long name": ("f.tar.gz", lambda p: raw_tar_gz(
-            p, tarfile.GNUTYPE_LONGNAME, size)),
+        "tar.gz: 1 GB GNU long name": ("f.tar.gz", lambda p: raw_tar_gz(p, tarfile.GNUTYPE_LONGNAME, size)),
         "tar.gz: 2M empty members": ("g.tar.gz", lambda p: empty_members(p, size // 512)),
         "zip: 200k entries": ("h.zip", lambda p: zip_of_entries(p, 200_000)),
-        "csv.gz: one quoted field of 1 GB": ("i.csv.gz", lambda p: gz_file(
-            p, iter([b'text,label\n"', *repeated(b"word word\n", size)]))),
+        "csv.gz: one quoted field of 1 GB": (
+            "i.csv.gz",
+            lambda p: gz_file(p, iter([b'text,label\n"', *repeated(b"word word\n", size)])),
+        ),
         "jsonl.gz: 1 GB of [": ("j.jsonl.gz", lambda p: gz_file(p, repeated(b"[", size))),
-        "jsonl.gz: 1 GB line of a string": ("k.jsonl.gz", lambda p: gz_file(
-            p, iter([b'{"text": "', *repeated(b"a", size), b'"}\n']))),
+        "jsonl.gz: 1 GB line of a string": (
+            "k.jsonl.gz",
+            lambda p: gz_file(p, iter([b'{"text": "', *repeated(b"a", size), b'"}\n'])),
+        ),
     }
 
 
@@ -165,8 +170,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="run only the cases whose name contains these")
     args = parser.parse_args()
     size = int(args.gb * 1e9)
-    chosen = {n: c for n, c in cases(size).items()
-              if not args.only or any(word in n for word in args.only)}
+    chosen = {n: c for n, c in cases(size).items() if not args.only or any(word in n for word in args.only)}
     rows, failures = [], 0
     with tempfile.TemporaryDirectory(prefix="download-memory-") as tmp:
         served, work = Path(tmp) / "served", Path(tmp) / "work"
@@ -184,23 +188,24 @@ def main() -> None:
                 code, seconds, rss, error = download(f"{base}/{file}", sha256(path), work)
                 ok = code == 2 and error.startswith("error: ") and "\n" not in error
                 failures += not ok or rss > LIMIT_MB
-                rows.append((name, path.stat().st_size, seconds, rss, code,
-                             error.split(": ", 2)[-1][:70]))
+                rows.append((name, path.stat().st_size, seconds, rss, code, error.split(": ", 2)[-1][:70]))
                 path.unlink()
-                print(f"{name}: exit {code}, {seconds:.1f} s, {rss:.0f} MB: {error[:110]}",
-                      flush=True)
+                print(f"{name}: exit {code}, {seconds:.1f} s, {rss:.0f} MB: {error[:110]}", flush=True)
         finally:
             server.shutdown()
             server.server_close()
             thread.join()
-    print(f"\n| archive ({args.gb:g} GB uncompressed) | size on the wire | wall s | peak RSS MB "
-          "| exit | message |\n|---|---:|---:|---:|---:|---|")
+    print(
+        f"\n| archive ({args.gb:g} GB uncompressed) | size on the wire | wall s | peak RSS MB "
+        "| exit | message |\n|---|---:|---:|---:|---:|---|"
+    )
     for name, wire, seconds, rss, code, message in rows:
-        print(f"| {name} | {wire / 1e6:,.2f} MB | {seconds:.1f} | {rss:,.0f} | {code} "
-              f"| {message} |")
+        print(f"| {name} | {wire / 1e6:,.2f} MB | {seconds:.1f} | {rss:,.0f} | {code} | {message} |")
     worst = max(r[3] for r in rows)
-    print(f"\nhighest peak RSS: {worst:,.0f} MB (limit {LIMIT_MB} MB); "
-          f"{'all refused within the limit' if not failures else f'{failures} case(s) FAILED'}")
+    print(
+        f"\nhighest peak RSS: {worst:,.0f} MB (limit {LIMIT_MB} MB); "
+        f"{'all refused within the limit' if not failures else f'{failures} case(s) FAILED'}"
+    )
     sys.exit(1 if failures else 0)
 
 

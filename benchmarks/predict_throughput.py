@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import io, params as params_module
+from pipeline import io
+from pipeline import params as params_module
 from pipeline.inputs import read_texts
 from pipeline.models import ModelConfig, RNNClassifier
 from pipeline.predict import Classifier, default_workers, load_classifier, predict
@@ -137,7 +138,7 @@ def main() -> None:
 
     rate = {"a": len(batched) / batched_s, "b": len(single) / single_s}
     rate["c"] = len(intra_op) / intra_op_s
-    agree = all(x.label == y.label for x, y in zip(batched, single))
+    agree = all(x.label == y.label for x, y in zip(batched, single, strict=True))
     print(
         f"(a) batched over the file:    {len(batched):>6,} texts in {batched_s:6.2f} s "
         f"= {rate['a']:5.0f} texts/s ({batched_cpu:.1f} s CPU)"
@@ -146,10 +147,7 @@ def main() -> None:
         f"(b) one text at a time:       {len(single):>6,} texts in {single_s:6.2f} s "
         f"= {rate['b']:5.0f} texts/s (all {len(texts):,}: ~{len(texts) / rate['b']:.0f} s)"
     )
-    print(
-        f"(c) torch threads 2, 1 batch: {len(intra_op):>6,} texts in {intra_op_s:6.2f} s "
-        f"= {rate['c']:5.0f} texts/s"
-    )
+    print(f"(c) torch threads 2, 1 batch: {len(intra_op):>6,} texts in {intra_op_s:6.2f} s = {rate['c']:5.0f} texts/s")
     print(
         f"speed-up (a)/(b): {rate['a'] / rate['b']:.1f}x, (a)/(c): {rate['a'] / rate['c']:.1f}x; "
         f"same labels batched and alone: {agree}"

@@ -137,7 +137,7 @@ def main() -> None:
     if theirs:
         print()
         print(table(theirs, f"{args.compare}"))
-        for new, old in zip(ours, theirs):
+        for new, old in zip(ours, theirs, strict=True):
             print(
                 f"{new['docs']:,.0f} documents: prepare peak RSS {old['prepare_mb']:,.0f} MB -> "
                 f"{new['prepare_mb']:,.0f} MB (x{new['prepare_mb'] / old['prepare_mb']:.2f}), "

@@ -26,8 +26,9 @@ _LAUNCHER = (
 def measure(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, float, float, str]:
     """Exit code, wall seconds, peak RSS in MB and stderr of `argv`."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", _LAUNCHER, *argv], cwd=cwd, env=env,
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", _LAUNCHER, *argv], cwd=cwd, env=env, capture_output=True, text=True, check=True
+    )
     seconds = time.perf_counter() - start
     code, kib = done.stdout.split()
     return int(code), seconds, int(kib) / 1024, done.stderr.strip()

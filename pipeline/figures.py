@@ -39,8 +39,7 @@ SEED_SPREAD = "seed_spread.png"
 
 def _colour(models: Sequence[str]) -> dict[str, Any]:
     """One colour per model, in the caller's order, the same in every figure."""
-    return {"field": "model", "type": "nominal", "title": "Model",
-            "scale": {"domain": list(models), "scheme": PALETTE}}
+    return {"field": "model", "type": "nominal", "title": "Model", "scale": {"domain": list(models), "scheme": PALETTE}}
 
 
 def _split_order(present: set[str]) -> list[str]:
@@ -51,8 +50,14 @@ def _split_order(present: set[str]) -> list[str]:
 def learning_curves_spec(curves: Mapping[str, Sequence[Run]]) -> dict[str, Any]:
     """Train vs. validation per epoch: colour is the model, the dash pattern is the split."""
     rows: list[dict[str, Any]] = [
-        {"model": model, "seed": seed, "metric": metric, "split": SPLIT_NAMES.get(split, split),
-         "epoch": int(epoch), "value": float(value)}
+        {
+            "model": model,
+            "seed": seed,
+            "metric": metric,
+            "split": SPLIT_NAMES.get(split, split),
+            "epoch": int(epoch),
+            "value": float(value),
+        }
         for model, runs in curves.items()
         for seed, run in enumerate(runs)
         for metric, by_split in run.items()
@@ -75,15 +80,26 @@ def learning_curves_spec(curves: Mapping[str, Sequence[Run]]) -> dict[str, Any]:
             "height": 240,
             "mark": {"type": "line", "strokeWidth": 2},
             "encoding": {
-                "x": {"field": "epoch", "type": "quantitative", "title": "Epoch",
-                      "axis": {**epoch_axis, "format": "d"}},
-                "y": {"field": "value", "type": "quantitative",
-                      "title": METRIC_NAMES.get(metric, metric.replace("_", " ").capitalize()),
-                      "scale": {"zero": False}},
+                "x": {
+                    "field": "epoch",
+                    "type": "quantitative",
+                    "title": "Epoch",
+                    "axis": {**epoch_axis, "format": "d"},
+                },
+                "y": {
+                    "field": "value",
+                    "type": "quantitative",
+                    "title": METRIC_NAMES.get(metric, metric.replace("_", " ").capitalize()),
+                    "scale": {"zero": False},
+                },
                 "color": _colour(list(curves)),
-                "strokeDash": {"field": "split", "type": "nominal", "title": "Split",
-                               "scale": {"domain": splits, "range": [[1, 0], [6, 4], [2, 2], [8, 3, 2, 3]]},
-                               "legend": {"symbolStrokeColor": "#444"}},
+                "strokeDash": {
+                    "field": "split",
+                    "type": "nominal",
+                    "title": "Split",
+                    "scale": {"domain": splits, "range": [[1, 0], [6, 4], [2, 2], [8, 3, 2, 3]]},
+                    "legend": {"symbolStrokeColor": "#444"},
+                },
                 "detail": {"field": "seed", "type": "nominal"},
             },
         }
@@ -110,17 +126,27 @@ def confusion_spec(predictions: Mapping[str, Sequence[tuple[str, str]]]) -> dict
             for predicted in labels:
                 n = counts[(actual, predicted)]
                 share = n / totals[actual] if totals[actual] else 0.0
-                rows.append({"model": model, "actual": actual, "predicted": predicted,
-                             "count": n, "share": round(share, 6)})
+                rows.append(
+                    {"model": model, "actual": actual, "predicted": predicted, "count": n, "share": round(share, 6)}
+                )
     side = max(150, 34 * len(labels))
     axis = {"type": "nominal", "sort": labels}
     return {
         "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
-        "title": {"text": "Test confusion matrices",
-                  "subtitle": "cell: number of test documents; colour: share of the actual class"},
+        "title": {
+            "text": "Test confusion matrices",
+            "subtitle": "cell: number of test documents; colour: share of the actual class",
+        },
         "data": {"values": rows},
-        "facet": {"column": {"field": "model", "type": "nominal", "sort": list(predictions),
-                             "title": None, "header": {"labelFontSize": 13}}},
+        "facet": {
+            "column": {
+                "field": "model",
+                "type": "nominal",
+                "sort": list(predictions),
+                "title": None,
+                "header": {"labelFontSize": 13},
+            }
+        },
         "spec": {
             "width": side,
             "height": side,
@@ -129,14 +155,25 @@ def confusion_spec(predictions: Mapping[str, Sequence[tuple[str, str]]]) -> dict
                 "y": {**axis, "field": "actual", "title": "Actual class"},
             },
             "layer": [
-                {"mark": "rect",
-                 "encoding": {"color": {"field": "share", "type": "quantitative", "title": "Share",
-                                        "scale": {"scheme": "blues", "domain": [0, 1]},
-                                        "legend": {"format": ".0%"}}}},
-                {"mark": {"type": "text", "fontSize": 11},
-                 "encoding": {"text": {"field": "count", "type": "quantitative"},
-                              "color": {"condition": {"test": "datum.share > 0.5", "value": "white"},
-                                        "value": "black"}}},
+                {
+                    "mark": "rect",
+                    "encoding": {
+                        "color": {
+                            "field": "share",
+                            "type": "quantitative",
+                            "title": "Share",
+                            "scale": {"scheme": "blues", "domain": [0, 1]},
+                            "legend": {"format": ".0%"},
+                        }
+                    },
+                },
+                {
+                    "mark": {"type": "text", "fontSize": 11},
+                    "encoding": {
+                        "text": {"field": "count", "type": "quantitative"},
+                        "color": {"condition": {"test": "datum.share > 0.5", "value": "white"}, "value": "black"},
+                    },
+                },
             ],
         },
     }
@@ -156,29 +193,44 @@ def seed_spread_spec(scores: Mapping[str, Sequence[Mapping[str, float]]]) -> dic
     n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
     seeds = "1 seed" if n == "1" else f"{n} seeds"
     y = {"field": "model", "type": "nominal", "sort": list(scores), "title": None}
-    x = {"field": "accuracy", "type": "quantitative", "title": "Accuracy",
-         "scale": {"zero": False, "padding": 8}, "axis": {"format": ".0%", "tickCount": 4}}
+    x = {
+        "field": "accuracy",
+        "type": "quantitative",
+        "title": "Accuracy",
+        "scale": {"zero": False, "padding": 8},
+        "axis": {"format": ".0%", "tickCount": 4},
+    }
     return {
         "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
-        "title": {"text": f"Accuracy across seeds ({seeds} per model)",
-                  "subtitle": "dot: one seed; bar: lowest to highest; tick: mean"},
+        "title": {
+            "text": f"Accuracy across seeds ({seeds} per model)",
+            "subtitle": "dot: one seed; bar: lowest to highest; tick: mean",
+        },
         "data": {"values": rows},
-        "facet": {"column": {"field": "split", "type": "nominal",
-                             "sort": _split_order({r["split"] for r in rows}), "title": None,
-                             "header": {"labelFontSize": 13}}},
+        "facet": {
+            "column": {
+                "field": "split",
+                "type": "nominal",
+                "sort": _split_order({r["split"] for r in rows}),
+                "title": None,
+                "header": {"labelFontSize": 13},
+            }
+        },
         "resolve": {"scale": {"x": "independent"}},
         "spec": {
             "width": 200,
             "height": {"step": 28},
             "encoding": {"y": y, "color": _colour(list(scores))},
             "layer": [
-                {"mark": {"type": "rule", "strokeWidth": 3, "opacity": 0.5},
-                 "encoding": {"x": {**x, "aggregate": "min"},
-                              "x2": {"field": "accuracy", "aggregate": "max"}}},
-                {"mark": {"type": "tick", "thickness": 2, "size": 18},
-                 "encoding": {"x": {**x, "aggregate": "mean"}}},
-                {"mark": {"type": "circle", "size": 60, "opacity": 0.85},
-                 "encoding": {"x": x, "detail": {"field": "seed", "type": "nominal"}}},
+                {
+                    "mark": {"type": "rule", "strokeWidth": 3, "opacity": 0.5},
+                    "encoding": {"x": {**x, "aggregate": "min"}, "x2": {"field": "accuracy", "aggregate": "max"}},
+                },
+                {"mark": {"type": "tick", "thickness": 2, "size": 18}, "encoding": {"x": {**x, "aggregate": "mean"}}},
+                {
+                    "mark": {"type": "circle", "size": 60, "opacity": 0.85},
+                    "encoding": {"x": x, "detail": {"field": "seed", "type": "nominal"}},
+                },
             ],
         },
     }

@@ -71,9 +71,7 @@ def _texts(fh: IO[str], suffix: str, where: str, field: str, close: bool) -> Ite
             header, records = tables.csv_records(fh, where)
             if header and field not in header:
                 found = tables.describe_columns(header)
-                raise UserError(
-                    f"{where}: no column {field!r} (columns: {found}); name it with --text-field"
-                )
+                raise UserError(f"{where}: no column {field!r} (columns: {found}); name it with --text-field")
             # Of equal column names the last counts, as with csv.DictReader.
             at = len(header) - 1 - header[::-1].index(field) if header else 0
             for number, fields in records:
@@ -92,4 +90,4 @@ def _texts(fh: IO[str], suffix: str, where: str, field: str, close: bool) -> Ite
         if close:
             fh.close()
         else:
-            fh.detach()  # stdin stays open for whoever else reads it
+            fh.detach()  # type: ignore[attr-defined]  # a TextIOWrapper: stdin stays open for whoever else reads it

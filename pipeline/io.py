@@ -283,7 +283,7 @@ def save_arrays(path: str | Path, **arrays: np.ndarray) -> None:
     """Write an uncompressed .npz; numpy stamps zip entries with a fixed date, so bytes are stable."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+            np.savez(fh, **arrays)  # type: ignore[arg-type]  # numpy's stub misreads **kwargs
 
 
 class NpzWriter:

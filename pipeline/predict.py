@@ -59,9 +59,7 @@ def default_workers() -> int:
     return max(1, min(MAX_WORKERS, cores or 1))
 
 
-def _logits(
-    clf: Classifier, ids: torch.Tensor, lengths: torch.Tensor, batch_size: int, workers: int
-) -> torch.Tensor:
+def _logits(clf: Classifier, ids: torch.Tensor, lengths: torch.Tensor, batch_size: int, workers: int) -> torch.Tensor:
     """predict_logits over batches, `workers` batches at a time, in order."""
     starts = range(0, len(ids), batch_size)
     if workers <= 1 or len(starts) <= 1:
@@ -111,11 +109,11 @@ def predict(
         probs, knows_a_word = probabilities(clf, chunk, batch_size, workers)
         values, indices = probs.topk(top_k, dim=-1)  # sorted, most likely first
         for row, (vals, idx, known) in enumerate(
-            zip(values.tolist(), indices.tolist(), knows_a_word.tolist())
+            zip(values.tolist(), indices.tolist(), knows_a_word.tolist(), strict=True)
         ):
             yield Prediction(
                 index=before + start + row + 1,
-                top_k=tuple((clf.labels[i], v) for v, i in zip(vals, idx)),
+                top_k=tuple((clf.labels[i], v) for v, i in zip(vals, idx, strict=True)),
                 knows_a_word=known,
             )
 
@@ -138,21 +136,17 @@ def _json_line(p: Prediction) -> str:
     return io.jsonl_line(row).decode("utf-8")
 
 
-def _rows(
-    predictions: Iterable[Prediction], texts: Iterable[str], top_k: int
-) -> tuple[list[str], list[list[str]]]:
+def _rows(predictions: Iterable[Prediction], texts: Iterable[str], top_k: int) -> tuple[list[str], list[list[str]]]:
     headers = ["#", "text", "label", "probability"] + (["next most likely"] if top_k > 1 else [])
     rows = [
         [str(p.index), " ".join(text.split()), p.label, f"{p.probability:.3f}"]
         + ([", ".join(f"{label} {prob:.3f}" for label, prob in p.top_k[1:])] if top_k > 1 else [])
-        for p, text in zip(predictions, texts)
+        for p, text in zip(predictions, texts, strict=True)
     ]
     return headers, rows
 
 
-def _print_lines(
-    predictions: list[Prediction], texts: Sequence[str], top_k: int, header: bool = True
-) -> None:
+def _print_lines(predictions: list[Prediction], texts: Sequence[str], top_k: int, header: bool = True) -> None:
     """Tab-separated lines with a header, for pipes and files: quick for any number of texts."""
     headers, rows = _rows(predictions, texts, top_k)
     sys.stdout.write("".join("\t".join(row) + "\n" for row in [headers] * header + rows))
@@ -166,9 +160,7 @@ def _print_table(predictions: list[Prediction], texts: Sequence[str], top_k: int
     headers, rows = _rows(predictions, texts, top_k)
     # The text column takes the width the others leave, so labels and numbers are never cut.
     console = Console()
-    others = sum(
-        max(len(headers[c]), *(len(r[c]) for r in rows)) + 3 for c in range(len(headers)) if c != 1
-    )
+    others = sum(max(len(headers[c]), *(len(r[c]) for r in rows)) + 3 for c in range(len(headers)) if c != 1)
     text_width = max(12, console.width - others - 4)
     table = Table()
     for c, header in enumerate(headers):

@@ -66,9 +66,7 @@ def scan(path: Path, scratch: Path) -> Corpus:
     labels, counts = array("q"), array("q")
     pending: list[int] = []  # token numbers not yet written
     duplicates = conflicts = 0
-    with open(scratch / "tokens.bin", "wb") as tokens_out, open(
-        scratch / "texts.jsonl", "wb"
-    ) as texts_out:
+    with open(scratch / "tokens.bin", "wb") as tokens_out, open(scratch / "texts.jsonl", "wb") as texts_out:
         for number, row in io.read_jsonl(path, "corpus", "pipeline download"):
             text, label = row.get("text"), row.get("label")
             if not isinstance(text, str) or not isinstance(label, str):
@@ -114,9 +112,7 @@ def scan(path: Path, scratch: Path) -> Corpus:
     )
 
 
-def stratified_split(
-    labels: np.ndarray, p: PrepareParams, names: list[str]
-) -> dict[str, np.ndarray]:
+def stratified_split(labels: np.ndarray, p: PrepareParams, names: list[str]) -> dict[str, np.ndarray]:
     """Per class: seeded shuffle, then val and test take their rounded shares, train the rest."""
     rng = np.random.default_rng(p.seed)
     parts: dict[str, list[int]] = {s: [] for s in SPLITS}
@@ -150,14 +146,10 @@ def check_classes(corpus: Corpus, split: dict[str, np.ndarray], p: PrepareParams
     scored[corpus.labels[np.concatenate([split["val"], split["test"]])]] = True
     if not scored.all():
         sizes = np.bincount(corpus.labels, minlength=len(names))
-        rare = [
-            f"{names[k]!r} ({sizes[k]} document{'' if sizes[k] == 1 else 's'})"
-            for k in np.flatnonzero(~scored)
-        ]
+        rare = [f"{names[k]!r} ({sizes[k]} document{'' if sizes[k] == 1 else 's'})" for k in np.flatnonzero(~scored)]
         shown = ", ".join(rare[:5]) + (", ..." if len(rare) > 5 else "")
         print(
-            f"warning: {len(rare)} class(es) too small to reach val or test, so trained on "
-            f"but never scored: {shown}",
+            f"warning: {len(rare)} class(es) too small to reach val or test, so trained on but never scored: {shown}",
             file=sys.stderr,
         )
 
@@ -195,7 +187,11 @@ def _percentiles(lengths: np.ndarray) -> dict[str, int]:
 
 
 def write_splits(
-    corpus: Corpus, split: dict[str, np.ndarray], vocab: Vocab, scratch: Path, stage: Path,
+    corpus: Corpus,
+    split: dict[str, np.ndarray],
+    vocab: Vocab,
+    scratch: Path,
+    stage: Path,
     p: PrepareParams,
 ) -> dict[str, dict]:
     """Write {split}.npz and {split}.jsonl into `stage`; return each split's stats."""
@@ -211,15 +207,10 @@ def write_splits(
         npz = {s: files.enter_context(io.NpzWriter(stage / f"{s}.npz")) for s in SPLITS}
         with ExitStack() as members:
             write = {
-                s: members.enter_context(
-                    npz[s].blocks("ids", np.int64, (len(split[s]), p.max_len))
-                )
-                for s in SPLITS
+                s: members.enter_context(npz[s].blocks("ids", np.int64, (len(split[s]), p.max_len))) for s in SPLITS
             }
             for first, end, numbers in _token_blocks(scratch / "tokens.bin", corpus.counts):
-                ids, kept, unk = encode_flat(
-                    to_vocab[numbers], corpus.counts[first:end], p.max_len, p.keep
-                )
+                ids, kept, unk = encode_flat(to_vocab[numbers], corpus.counts[first:end], p.max_len, p.keep)
                 for k, s in enumerate(SPLITS):
                     mine = where[first:end] == k
                     write[s](ids[mine])
@@ -230,7 +221,7 @@ def write_splits(
             npz[s].add("labels", corpus.labels[split[s]])
         texts = {s: files.enter_context(open(stage / f"{s}.jsonl", "wb")) for s in SPLITS}
         with open(scratch / "texts.jsonl", "rb") as lines:
-            for line, k in zip(lines, where.tolist()):
+            for line, k in zip(lines, where.tolist(), strict=True):
                 texts[SPLITS[k]].write(line)
 
     stats = {}
@@ -240,7 +231,7 @@ def write_splits(
         class_counts = np.bincount(corpus.labels[split[s]], minlength=len(corpus.label_names))
         stats[s] = {
             "size": int(len(split[s])),
-            "class_counts": {n: int(c) for n, c in zip(corpus.label_names, class_counts)},
+            "class_counts": {n: int(c) for n, c in zip(corpus.label_names, class_counts, strict=True)},
             "oov_rate": round(unknown[s] / n_tokens, 6) if n_tokens else 0.0,
             "length_percentiles": _percentiles(raw),
             "truncation_rate": round(float(np.mean(raw > p.max_len)), 6),
@@ -278,5 +269,7 @@ def run(params: Params) -> None:
         io.write_json(stage / "labels.json", corpus.label_names)
         io.write_json(stage / "stats.json", stats)
     sizes = ", ".join(f"{s} {stats['splits'][s]['size']}" for s in SPLITS)
-    print(f"prepared {len(corpus.labels)} documents ({corpus.duplicates} duplicates removed): "
-          f"{sizes}; vocabulary {len(vocab)}")
+    print(
+        f"prepared {len(corpus.labels)} documents ({corpus.duplicates} duplicates removed): "
+        f"{sizes}; vocabulary {len(vocab)}"
+    )

@@ -25,6 +25,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import nn
@@ -45,7 +46,7 @@ def compiled():
             except Exception as exc:  # no compiler, no ninja, a read-only cache: slower, same maths
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 print(f"note: C++ recurrence unavailable ({first[:120]}); using the PyTorch loop", file=sys.stderr)
-    return _KERNEL or None
+    return _KERNEL if isinstance(_KERNEL, ModuleType) else None
 
 
 _SOURCE = Path(__file__).with_name("csrc") / "recurrence.cpp"
@@ -67,7 +68,9 @@ def _build(load):
     if not copy.exists() or copy.read_bytes() != source:
         io.write_bytes(copy, source)
     return load(name=name, sources=[str(copy)], build_directory=str(folder), extra_cflags=["-O3", "-march=native"])
-_KERNEL = None
+
+
+_KERNEL: ModuleType | bool | None = None  # False: tried and unavailable
 
 
 class TanhRecurrence(torch.autograd.Function):

@@ -8,7 +8,7 @@ ALPHA = 0.05
 
 
 def _cell(s: dict[str, float], scale: float = 100, digits: int = 1, seeded: bool = True) -> str:
-    """"92.7 ± 0.6": the mean and the standard deviation across seeds; a reference has one fit."""
+    """ "92.7 ± 0.6": the mean and the standard deviation across seeds; a reference has one fit."""
     mean = f"{scale * s['mean']:.{digits}f}"
     return f"{mean} ± {scale * s['sd']:.{digits}f}" if seeded else mean
 
@@ -41,9 +41,11 @@ def render_report(details: dict, names: dict[str, str]) -> str:
         "",
         f"Every RNN was trained once per seed ({', '.join(map(str, seeds))}); cells are the mean ± the "
         f"standard deviation across the {n} runs, in % for accuracies. The served checkpoints "
-        f"(`models/<model>.pt`) are the runs of seed {details['served_seed']}, the first seed, chosen before any score.",
+        f"(`models/<model>.pt`) are the runs of seed {details['served_seed']}, the first seed, "
+        "chosen before any score.",
         "",
-        "| Model | Train acc | Val acc | Test acc | Train loss | Val loss | Val macro-F1 | Gap (train − val) | Parameters |",
+        "| Model | Train acc | Val acc | Test acc | Train loss | Val loss | Val macro-F1 "
+        "| Gap (train − val) | Parameters |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, label in names.items():
@@ -57,7 +59,8 @@ def render_report(details: dict, names: dict[str, str]) -> str:
     for name in sizes["ratio"]:
         s = summary[name]
         lines.append(
-            f"- {name}: val accuracy {100 * s['val']['accuracy']['min']:.1f} – {100 * s['val']['accuracy']['max']:.1f} %, "
+            f"- {name}: val accuracy {100 * s['val']['accuracy']['min']:.1f} – "
+            f"{100 * s['val']['accuracy']['max']:.1f} %, "
             f"train accuracy {100 * s['train']['accuracy']['min']:.1f} – {100 * s['train']['accuracy']['max']:.1f} %, "
             f"gap {100 * s['gap']['min']:.1f} – {100 * s['gap']['max']:.1f} pp"
         )
@@ -71,10 +74,12 @@ def render_report(details: dict, names: dict[str, str]) -> str:
         "",
         "## Did stacking help? (the seed's bonus question)",
         "",
-        f"A second bidirectional layer changed validation accuracy by {100 * svb['val']['mean_difference']:+.1f} points "
+        "A second bidirectional layer changed validation accuracy by "
+        f"{100 * svb['val']['mean_difference']:+.1f} points "
         f"on average over the {n} seeds (paired t-test p = {_p(svb['val'])}; test: "
         f"{100 * svb['test']['mean_difference']:+.1f} points, p = {_p(svb['test'])}), and the generalisation gap "
-        f"from {_cell(birnn['gap'])} to {_cell(stacked['gap'])} pp, at {sizes['ratio']['stacked']:.2f} × the baseline's parameters.",
+        f"from {_cell(birnn['gap'])} to {_cell(stacked['gap'])} pp, at {sizes['ratio']['stacked']:.2f} × "
+        "the baseline's parameters.",
         "",
         "## BiRNN vs. baseline",
         "",
@@ -85,7 +90,8 @@ def render_report(details: dict, names: dict[str, str]) -> str:
     reading = "significant" if mc["p_value"] < ALPHA else "not significant"
     lines += [
         f"- Served seed {details['mcnemar_test']['seed']} on the test set (McNemar's exact test): {mc['b']} documents "
-        f"only the baseline classified correctly, {mc['c']} only the BiRNN; p = {mc['p_value']:.4g}, {reading} at {ALPHA}.",
+        f"only the baseline classified correctly, {mc['c']} only the BiRNN; p = {mc['p_value']:.4g}, "
+        f"{reading} at {ALPHA}.",
         "",
         "## Training",
         "",

@@ -92,9 +92,7 @@ def encode(
     Returns ids (N, max_len) int64 and true lengths (N,) int64. An empty document becomes
     a single <unk> so every sequence has at least one real step.
     """
-    flat = np.fromiter(
-        (i for tokens in token_lists for i in vocab.ids(tokens)), dtype=np.int64
-    )
+    flat = np.fromiter((i for tokens in token_lists for i in vocab.ids(tokens)), dtype=np.int64)
     counts = np.fromiter((len(tokens) for tokens in token_lists), np.int64, len(token_lists))
     ids, lengths, _ = encode_flat(flat, counts, max_len, keep)
     return ids, lengths

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import yaml
-
 from conftest import ROOT, make_corpus, tiny_params_dict
 
 BIN = Path(sys.executable).parent  # the venv's bin: dvc, and the `pipeline` console script
@@ -31,8 +30,10 @@ def repo_env(repo: Path, **extra: str) -> dict[str, str]:
         "PYTHONPATH": str(repo),
         "DVC_NO_ANALYTICS": "1",
         "DVC_SITE_CACHE_DIR": str(repo.parent / "dvc-site-cache"),
-        "GIT_AUTHOR_NAME": "e2e", "GIT_AUTHOR_EMAIL": "e2e@example.com",
-        "GIT_COMMITTER_NAME": "e2e", "GIT_COMMITTER_EMAIL": "e2e@example.com",
+        "GIT_AUTHOR_NAME": "e2e",
+        "GIT_AUTHOR_EMAIL": "e2e@example.com",
+        "GIT_COMMITTER_NAME": "e2e",
+        "GIT_COMMITTER_EMAIL": "e2e@example.com",
         **extra,
     }
 

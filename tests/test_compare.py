@@ -26,7 +26,11 @@ ACCURACY = {
 }
 SIZES = {"baseline": 1000, "birnn": 1250, "stacked": 1220, "reference": 9000, "reference_tokens": 4000}
 # (best epoch, epochs run) per seed.
-EPOCHS = {"baseline": [(9, 9), (9, 9), (9, 9)], "birnn": [(4, 9), (5, 10), (6, 11)], "stacked": [(3, 8), (4, 9), (5, 10)]}
+EPOCHS = {
+    "baseline": [(9, 9), (9, 9), (9, 9)],
+    "birnn": [(4, 9), (5, 10), (6, 11)],
+    "stacked": [(3, 8), (4, 9), (5, 10)],
+}
 
 
 def _write(path: str | Path, obj) -> None:
@@ -67,10 +71,20 @@ def write_inputs(accuracy: dict | None = None, b: int = 1, c: int = 3) -> None:
     for name, splits in accuracy.items():
         keys = ["0"] if name.startswith("reference") else [str(s) for s in SEEDS]
         runs = {k: {s: _split_scores(splits[s][i]) for s in SPLITS} for i, k in enumerate(keys)}
-        _write(f"metrics/scores/{name}.json", {"seeds": runs, "trainable_parameters": SIZES[name], "served_seed": int(keys[0])})
+        _write(
+            f"metrics/scores/{name}.json",
+            {"seeds": runs, "trainable_parameters": SIZES[name], "served_seed": int(keys[0])},
+        )
     for name, epochs in EPOCHS.items():
-        for seed, (best, run) in zip(SEEDS, epochs):
-            summary = {"model": name, "seed": seed, "best_epoch": best, "epochs_run": run, "train_seconds": 12.5, "tokens_per_second": 9000.0}
+        for seed, (best, run) in zip(SEEDS, epochs, strict=True):
+            summary = {
+                "model": name,
+                "seed": seed,
+                "best_epoch": best,
+                "epochs_run": run,
+                "train_seconds": 12.5,
+                "tokens_per_second": 9000.0,
+            }
             _write(f"metrics/train/{name}/seed{seed}.json", summary)
             for split in ("train", "val"):
                 folder = Path(f"dvclive/{name}/seed{seed}/plots/metrics/{split}")
@@ -80,15 +94,26 @@ def write_inputs(accuracy: dict | None = None, b: int = 1, c: int = 3) -> None:
     wrong = {a: LABELS[(LABELS.index(a) + 1) % 3] for a in LABELS}
     base = [a if i < b or i >= b + c else wrong[a] for i, a in enumerate(actual)]
     bi = [wrong[a] if i < b else a for i, a in enumerate(actual)]
-    for name, predicted in (("baseline", base), ("birnn", bi), ("stacked", actual), ("reference", actual), ("reference_tokens", actual)):
-        _write(f"metrics/predictions/{name}.json", [{"actual": a, "predicted": p} for a, p in zip(actual, predicted)])
+    for name, predicted in (
+        ("baseline", base),
+        ("birnn", bi),
+        ("stacked", actual),
+        ("reference", actual),
+        ("reference_tokens", actual),
+    ):
+        _write(
+            f"metrics/predictions/{name}.json",
+            [{"actual": a, "predicted": p} for a, p in zip(actual, predicted, strict=True)],
+        )
 
 
 def _compare(seeds=SEEDS):
     _set_seeds(seeds)
     result = CliRunner().invoke(app, ["compare"])
     assert result.exit_code == 0, result.output
-    compare_json, details = (json.loads(Path(f"metrics/{n}.json").read_text(encoding="utf-8")) for n in ("compare", "details"))
+    compare_json, details = (
+        json.loads(Path(f"metrics/{n}.json").read_text(encoding="utf-8")) for n in ("compare", "details")
+    )
     return compare_json, details, Path("metrics/report.md").read_text(encoding="utf-8")
 
 
@@ -173,7 +198,9 @@ def test_headline_and_details_across_seeds(tiny_project):
     assert headline["reference"]["gap"] == 0.04
 
     assert details["parameters"] == {
-        "baseline": 1000, "birnn": 1250, "stacked": 1220,
+        "baseline": 1000,
+        "birnn": 1250,
+        "stacked": 1220,
         "ratio": {"baseline": 1.0, "birnn": 1.25, "stacked": 1.22},
     }
     assert details["mcnemar_test"] == {
@@ -199,7 +226,7 @@ def test_paired_t_tests_in_details_pair_run_s_with_run_s(tiny_project):
             assert test["seeds"] == 3
             assert test["t"] == pytest.approx(expected.statistic, rel=1e-5)
             assert test["p_value"] == pytest.approx(expected.pvalue, rel=1e-5)
-            diff = statistics.fmean(a - b for a, b in zip(ACCURACY[after][split], ACCURACY[before][split]))
+            diff = statistics.fmean(a - b for a, b in zip(ACCURACY[after][split], ACCURACY[before][split], strict=True))
             assert test["mean_difference"] == pytest.approx(diff, abs=1e-6)
     # birnn - baseline on val: 0.06, 0.08, 0.10 -> t = 0.08 / (0.02 / sqrt 3)
     assert details["paired_t_test"]["birnn_vs_baseline"]["val"]["t"] == pytest.approx(6.928203, abs=1e-5)
@@ -214,7 +241,9 @@ def test_compare_json_holds_only_the_headline(tiny_project):
         if name.startswith("reference"):
             expected |= {f"{name}.{s}.{m}" for s in SPLITS for m in ("accuracy", "loss", "macro_f1")} | {f"{name}.gap"}
         else:
-            expected |= {f"{name}.{s}.{m}.{k}" for s in SPLITS for m in ("accuracy", "loss", "macro_f1") for k in ("mean", "sd")}
+            expected |= {
+                f"{name}.{s}.{m}.{k}" for s in SPLITS for m in ("accuracy", "loss", "macro_f1") for k in ("mean", "sd")
+            }
             expected |= {f"{name}.gap.mean", f"{name}.gap.sd"}
     for name in ("birnn", "stacked"):
         for target in ("min_val_accuracy", "max_train_accuracy", "max_parameter_ratio"):
@@ -236,7 +265,11 @@ def test_targets_are_met_on_the_mean_and_counted_per_seed(tiny_project):
     }
     assert headline["targets"]["stacked"]["min_val_accuracy"] == {"value": 0.86, "met": True, "seeds_met": 3}
     assert details["targets"]["birnn"]["min_val_accuracy"] == {
-        "value": 0.86, "threshold": 0.85, "met": True, "seeds_met": 2, "seeds": 3
+        "value": 0.86,
+        "threshold": 0.85,
+        "met": True,
+        "seeds_met": 2,
+        "seeds": 3,
     }
     assert "- ✓ validation accuracy at least 85 %: mean 86.0 % (2 of 3 seeds)" in report
     assert "- ✓ training accuracy below 92 %: mean 91.0 % (2 of 3 seeds)" in report
@@ -273,7 +306,10 @@ def test_a_missed_target_is_reported_not_an_error(tiny_project, model, split, va
 
 def test_parameter_ratio_above_the_bound_misses_on_every_seed(tiny_project):
     write_inputs()
-    _write("metrics/scores/stacked.json", {**json.loads(Path("metrics/scores/stacked.json").read_text()), "trainable_parameters": 1300})
+    _write(
+        "metrics/scores/stacked.json",
+        {**json.loads(Path("metrics/scores/stacked.json").read_text()), "trainable_parameters": 1300},
+    )
     headline, _, _ = _compare()
     assert headline["targets"]["stacked"]["max_parameter_ratio"] == {"value": 1.3, "met": False, "seeds_met": 0}
 
@@ -287,7 +323,10 @@ def test_report_cells_are_mean_plus_minus_sd(tiny_project):
     ) in report
     assert "| Before: RNN, unidirectional, no dropout | 96.0 ± 1.0 | 78.0 ± 2.0 | 79.0 ± 2.0 |" in report
     # A reference is one fit: its cells hold the value alone.
-    assert "| Reference: TF-IDF + logistic regression, whole articles | 99.0 | 95.0 | 96.0 | 0.010 | 0.050 | 94.0 | 4.0 pp | — |" in report
+    assert (
+        "| Reference: TF-IDF + logistic regression, whole articles "
+        "| 99.0 | 95.0 | 96.0 | 0.010 | 0.050 | 94.0 | 4.0 pp | — |" in report
+    )
     assert "| 98.0 | 93.0 | 92.0 |" in report.split("the RNNs' tokens")[1].splitlines()[0]
     assert "- birnn: val accuracy 84.0 – 88.0 %, train accuracy 89.0 – 93.0 %, gap 1.0 – 9.0 pp" in report
     assert "- birnn: kept epoch / epochs run per seed: 4/9, 5/10, 6/11" in report
@@ -302,7 +341,10 @@ def test_one_seed_has_no_spread_and_no_t_test(tiny_project):
     assert headline["seeds"] == 1
     assert headline["birnn"]["val"]["accuracy"] == {"mean": 0.88, "sd": 0.0}
     assert details["paired_t_test"]["birnn_vs_baseline"]["val"] == {
-        "mean_difference": 0.08, "seeds": 1, "t": None, "p_value": None
+        "mean_difference": 0.08,
+        "seeds": 1,
+        "t": None,
+        "p_value": None,
     }
     assert details["served_seed"] == 8 and details["mcnemar_test"]["seed"] == 8
     assert details["training"]["birnn"] == {"8": {"best_epoch": 5, "epochs_run": 10}}
@@ -391,14 +433,18 @@ def test_compare_reads_what_the_real_stages_write(tiny_project):
         mean = mean if name.startswith("reference") else mean["mean"]
         assert mean == pytest.approx(statistics.fmean(val), abs=2e-6)
         assert details["summary"][name]["val"]["accuracy"]["max"] == max(val)
-    birnn_val = [json.loads(Path("metrics/scores/birnn.json").read_text())["seeds"][s]["val"]["accuracy"] for s in seeds]
+    birnn_val = [
+        json.loads(Path("metrics/scores/birnn.json").read_text())["seeds"][s]["val"]["accuracy"] for s in seeds
+    ]
     assert headline["targets"]["birnn"]["min_val_accuracy"]["seeds_met"] == sum(v >= 0.85 for v in birnn_val)
     for name in ("baseline", "birnn", "stacked"):
         for s in seeds:
             summary = json.loads(Path(f"metrics/train/{name}/seed{s}.json").read_text())
             assert details["training"][name][s] == {k: summary[k] for k in ("best_epoch", "epochs_run")}
     rows = {n: json.loads(Path(f"metrics/predictions/{n}.json").read_text()) for n in ("baseline", "birnn")}
-    b = sum(x["predicted"] == x["actual"] != y["predicted"] for x, y in zip(rows["baseline"], rows["birnn"]))
+    b = sum(
+        x["predicted"] == x["actual"] != y["predicted"] for x, y in zip(rows["baseline"], rows["birnn"], strict=True)
+    )
     assert details["mcnemar_test"]["birnn_vs_baseline"]["b"] == b
     report = Path("metrics/report.md").read_text(encoding="utf-8")
     for row in ("| Before: RNN", "| After: BiRNN", "| Bonus: stacked", "| Reference: TF-IDF"):

@@ -18,7 +18,8 @@ import yaml
 from conftest import make_corpus, tiny_params_dict
 from typer.testing import CliRunner
 
-from pipeline import download, evaluate, io, params as params_module, prepare, train
+from pipeline import download, evaluate, io, prepare, train
+from pipeline import params as params_module
 from pipeline.cli import app
 from pipeline.params import MODELS
 
@@ -31,7 +32,7 @@ def _write_csv(rows, path="corpus.csv", header=("text", "label")) -> None:
 
 
 def _write_jsonl(rows, path="corpus.jsonl") -> None:
-    Path(path).write_text("".join(json.dumps({"text": t, "label": l}) + "\n" for t, l in rows))
+    Path(path).write_text("".join(json.dumps({"text": t, "label": line}) + "\n" for t, line in rows))
 
 
 def _cli(stage: str, **download):
@@ -76,25 +77,27 @@ def test_a_stray_quote_in_a_csv_is_reported_with_its_line(good):
 
 
 def test_an_unquoted_comma_that_shifts_columns_is_reported(good):
-    Path("corpus.csv").write_text("text,label\nShares rose, figures show.,money\n"
-                                  + "".join(f"{t},{l}\n" for t, l in _docs()))
-    _refused(_cli("download", source="csv", path="corpus.csv"),
-             "line 2: 3 fields where the header has 2")
+    Path("corpus.csv").write_text(
+        "text,label\nShares rose, figures show.,money\n" + "".join(f"{t},{line}\n" for t, line in _docs())
+    )
+    _refused(_cli("download", source="csv", path="corpus.csv"), "line 2: 3 fields where the header has 2")
     assert _outputs() == good
 
 
 def test_a_label_that_reads_like_a_sentence_is_refused(good):
     _write_csv(_docs()[:10] + [("Shares rose", "figures show.")] + _docs()[10:])
-    _refused(_cli("download", source="csv", path="corpus.csv"),
-             "line 12: the label 'figures show.' reads like a sentence")
+    _refused(
+        _cli("download", source="csv", path="corpus.csv"), "line 12: the label 'figures show.' reads like a sentence"
+    )
     assert _outputs() == good
 
 
 def test_a_label_column_of_ids_is_refused(good):
-    rows = [(t, l, str(i)) for i, (t, l) in enumerate(_docs())]
+    rows = [(t, line, str(i)) for i, (t, line) in enumerate(_docs())]
     _write_csv(rows, header=("text", "topic", "label"))
-    _refused(_cli("download", source="csv", path="corpus.csv"),
-             "48 distinct labels for 48 documents", "download.label_field")
+    _refused(
+        _cli("download", source="csv", path="corpus.csv"), "48 distinct labels for 48 documents", "download.label_field"
+    )
     assert _outputs() == good
 
 
@@ -106,9 +109,8 @@ def test_many_labels_of_one_document_are_refused(good):
 
 
 def test_numbers_and_booleans_spelt_apart_are_pointed_out(tiny_project):
-    rows = [(t, l) for t, l in _docs()]
-    lines = [json.dumps({"text": t, "label": {"sport": 1, "tech": 1.0, "money": True}[l]})
-             for t, l in rows]
+    rows = [(t, line) for t, line in _docs()]
+    lines = [json.dumps({"text": t, "label": {"sport": 1, "tech": 1.0, "money": True}[line]}) for t, line in rows]
     Path("corpus.jsonl").write_text("\n".join(lines) + "\n")
     result = _cli("download")
     assert result.exit_code == 0, result.output
@@ -125,10 +127,13 @@ def test_a_single_class_corpus_is_refused_at_prepare(good):
     assert _outputs() == raw
 
 
-@pytest.mark.parametrize("rows, split", [
-    ([("the same text", "a"), ("other words", "b")] * 30, "val"),  # only duplicates
-    ([("one", "a"), ("two", "a"), ("three", "b"), ("four", "b")], "val"),  # tiny
-])
+@pytest.mark.parametrize(
+    "rows, split",
+    [
+        ([("the same text", "a"), ("other words", "b")] * 30, "val"),  # only duplicates
+        ([("one", "a"), ("two", "a"), ("three", "b"), ("four", "b")], "val"),  # tiny
+    ],
+)
 def test_corpora_too_small_to_split_are_refused_not_nan(good, rows, split):
     _write_jsonl(rows)
     assert _cli("download").exit_code == 0
@@ -138,13 +143,14 @@ def test_corpora_too_small_to_split_are_refused_not_nan(good, rows, split):
 
 
 def test_tiny_classes_are_kept_counted_and_warned_about(tiny_project):
-    _write_jsonl(_docs() + [("a rare word", "rare"), ("another rare one", "rare"),
-                            ("a lone text", "lone")])
+    _write_jsonl(_docs() + [("a rare word", "rare"), ("another rare one", "rare"), ("a lone text", "lone")])
     assert _cli("download").exit_code == 0
     result = _cli("prepare")
     assert result.exit_code == 0, result.output
-    assert ("warning: 2 class(es) too small to reach val or test, so trained on but never "
-            "scored: 'lone' (1 document), 'rare' (2 documents)") in result.stderr
+    assert (
+        "warning: 2 class(es) too small to reach val or test, so trained on but never "
+        "scored: 'lone' (1 document), 'rare' (2 documents)"
+    ) in result.stderr
     stats = json.loads(Path("data/prepared/stats.json").read_text())
     assert stats["splits"]["train"]["class_counts"]["rare"] == 2
     assert stats["splits"]["val"]["class_counts"]["rare"] == 0
@@ -167,7 +173,7 @@ def test_prepare_names_a_class_by_its_label(good):
 def test_line_separators_pass_the_whole_pipeline(tiny_project):
     rows = _docs()
     seps = ["\u2028", "\u2029", "\x85"]
-    rows = [(t.replace(" ", seps[i % 3], 1), l) for i, (t, l) in enumerate(rows)]
+    rows = [(t.replace(" ", seps[i % 3], 1), line) for i, (t, line) in enumerate(rows)]
     _write_jsonl(rows)
     raw = tiny_params_dict()
     raw["train"]["seeds"] = raw["train"]["seeds"][:1]
@@ -183,7 +189,8 @@ def test_line_separators_pass_the_whole_pipeline(tiny_project):
         path = Path(f"data/prepared/{split}.jsonl")
         # One document per line for any reader, even one that splits at U+2028.
         assert len(path.read_text(encoding="utf-8").splitlines()) == len(
-            io.load_arrays(f"data/prepared/{split}.npz", ("labels",))["labels"])
+            io.load_arrays(f"data/prepared/{split}.npz", ("labels",))["labels"]
+        )
         texts += [row["text"] for _, row in io.read_jsonl(path, "split", "pipeline prepare")]
     assert sorted(texts) == sorted(t for t, _ in rows)
     scored = {p.stem for p in Path("metrics/predictions").iterdir()}

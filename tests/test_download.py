@@ -21,11 +21,11 @@ import yaml
 from typer.testing import CliRunner
 
 from pipeline import download
-from pipeline.sources import archive as archives
 from pipeline.cli import app
 from pipeline.errors import UserError
 from pipeline.io import sha256_file
 from pipeline.params import parse
+from pipeline.sources import archive as archives
 
 CORPUS = Path("data/raw/corpus.jsonl")
 MANIFEST = Path("data/raw/manifest.json")
@@ -37,8 +37,14 @@ ROWS = [
 
 
 def _section(**overrides) -> dict:
-    section = {"source": "bbc-news", "path": None, "url": None, "sha256": None,
-               "text_field": "text", "label_field": "label"}
+    section = {
+        "source": "bbc-news",
+        "path": None,
+        "url": None,
+        "sha256": None,
+        "text_field": "text",
+        "label_field": "label",
+    }
     return {**section, **overrides}
 
 
@@ -64,7 +70,7 @@ def _csv_bytes(rows, header=("text", "label"), encoding="utf-8") -> bytes:
 
 
 def _jsonl_bytes(rows) -> bytes:
-    return "".join(json.dumps({"text": t, "label": l}) + "\n" for t, l in rows).encode()
+    return "".join(json.dumps({"text": t, "label": line}) + "\n" for t, line in rows).encode()
 
 
 def _zip(members: dict) -> bytes:
@@ -77,11 +83,13 @@ def _zip(members: dict) -> bytes:
 
 def _symlink(name: str) -> zipfile.ZipInfo:
     info = zipfile.ZipInfo(name)
-    info.external_attr = (0o120777 << 16)  # S_IFLNK: how `zip --symlinks` records a link
+    info.external_attr = 0o120777 << 16  # S_IFLNK: how `zip --symlinks` records a link
     return info
 
 
-def _tar_gz(members: dict[str, bytes], links: dict[str, tuple[bytes, str]] = {}) -> bytes:
+def _tar_gz(members: dict[str, bytes], links: dict[str, tuple[bytes, str]] = None) -> bytes:
+    if links is None:
+        links = {}
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         for name, data in members.items():
@@ -138,8 +146,13 @@ def test_bbc_news_has_2225_articles_in_five_sorted_classes(work):
     assert all(list(d) == ["text", "label"] for d in docs)
     assert manifest["labels"] == classes
     assert list(manifest["class_counts"]) == classes
-    assert manifest["class_counts"] == {"business": 510, "entertainment": 386, "politics": 417,
-                                        "sports": 511, "tech": 401}
+    assert manifest["class_counts"] == {
+        "business": 510,
+        "entertainment": 386,
+        "politics": 417,
+        "sports": 511,
+        "tech": 401,
+    }
     assert manifest["corpus_sha256"] == sha256_file(CORPUS)
     assert manifest["decoded_cp1252"] == 1 and manifest["skipped_rows"] == 0
     # sports/199.txt, the cp1252 file: its pound sign must survive as "£".
@@ -205,8 +218,12 @@ def test_unusable_local_files_are_user_errors(work, name, data, message):
 
 
 def test_jsonl_converts_labels_to_strings_and_sorts_the_manifest(work):
-    lines = [{"text": "line\u2028separator", "label": "b", "extra": 0}, {"text": "no label"},
-             {}, {"text": "Zürich 🚀", "label": 1}]
+    lines = [
+        {"text": "line\u2028separator", "label": "b", "extra": 0},
+        {"text": "no label"},
+        {},
+        {"text": "Zürich 🚀", "label": 1},
+    ]
     Path("in.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n\n", encoding="utf-8")
     _run(source="jsonl", path="in.jsonl")
     docs = [(d["text"], d["label"]) for d in _corpus()]
@@ -223,8 +240,10 @@ def test_jsonl_converts_labels_to_strings_and_sorts_the_manifest(work):
     [
         ("corpus.csv", lambda: _csv_bytes(ROWS)),
         ("corpus.jsonl.gz", lambda: gzip.compress(_jsonl_bytes(ROWS), mtime=0)),
-        ("corpus.zip", lambda: _zip({"__MACOSX/._data.csv": b"junk", "README.txt": b"hi",
-                                     "dir/data.csv": _csv_bytes(ROWS)})),
+        (
+            "corpus.zip",
+            lambda: _zip({"__MACOSX/._data.csv": b"junk", "README.txt": b"hi", "dir/data.csv": _csv_bytes(ROWS)}),
+        ),
         ("corpus.tar.gz", lambda: _tar_gz({"dir/data.jsonl": _jsonl_bytes(ROWS), "LICENSE": b"x"})),
     ],
 )
@@ -285,11 +304,14 @@ def test_archive_needs_exactly_one_data_file(work, serve):
         _run(source="url", url=url, sha256=sha)
 
 
-@pytest.mark.parametrize("name, pack", [
-    ("big.csv.gz", lambda data: gzip.compress(data, mtime=0)),
-    ("big.zip", lambda data: _zip({"big.csv": data})),
-    ("big.tar.gz", lambda data: _tar_gz({"big.csv": data})),
-])
+@pytest.mark.parametrize(
+    "name, pack",
+    [
+        ("big.csv.gz", lambda data: gzip.compress(data, mtime=0)),
+        ("big.zip", lambda data: _zip({"big.csv": data})),
+        ("big.tar.gz", lambda data: _tar_gz({"big.csv": data})),
+    ],
+)
 def test_uncompressed_size_cap_is_enforced(work, serve, monkeypatch, name, pack):
     monkeypatch.setattr(archives, "MAX_UNCOMPRESSED_BYTES", 20_000)
     archive = pack(_csv_bytes([("same text again", "a")] * 10_000))

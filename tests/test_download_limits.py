@@ -24,8 +24,7 @@ from pipeline.sources import archive, url
 
 
 def _snapshot() -> dict[str, bytes]:
-    return {str(p): p.read_bytes() for p in sorted(Path(".").rglob("*")) if p.is_file()
-            and p.name != "params.yaml"}
+    return {str(p): p.read_bytes() for p in sorted(Path(".").rglob("*")) if p.is_file() and p.name != "params.yaml"}
 
 
 @pytest.fixture
@@ -83,41 +82,80 @@ def _zip(members: dict[str, bytes], method=zipfile.ZIP_DEFLATED) -> bytes:
     return buffer.getvalue()
 
 
-SPARSE_PAX = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": "data.csv",
-              "GNU.sparse.realsize": "100"}
+SPARSE_PAX = {
+    "GNU.sparse.major": "1",
+    "GNU.sparse.minor": "0",
+    "GNU.sparse.name": "data.csv",
+    "GNU.sparse.realsize": "100",
+}
 
 ARCHIVES = {
-    "huge pax header": ("x.tar.gz", lambda: _tar_gz(
-        [(_member("data.csv", pax_headers={"comment": "x" * 5000}), GOOD)]),
-        "byte extended header"),
-    "huge GNU long name": ("x.tar.gz", lambda: _tar_gz(
-        [(_member("d/" + "n" * 3000 + ".csv"), GOOD)], fmt=tarfile.GNU_FORMAT), "extended header"),
-    "GNU sparse member": ("x.tar.gz", lambda: _tar_gz(
-        [(_member("data.csv", type=tarfile.GNUTYPE_SPARSE), GOOD)], fmt=tarfile.GNU_FORMAT),
-        "sparse member"),
-    "pax sparse member": ("x.tar.gz", lambda: _tar_gz(
-        [(_member("GNUSparseFile.0/data.csv", pax_headers=SPARSE_PAX), b"3\n0\n")]), "sparse"),
+    "huge pax header": (
+        "x.tar.gz",
+        lambda: _tar_gz([(_member("data.csv", pax_headers={"comment": "x" * 5000}), GOOD)]),
+        "byte extended header",
+    ),
+    "huge GNU long name": (
+        "x.tar.gz",
+        lambda: _tar_gz([(_member("d/" + "n" * 3000 + ".csv"), GOOD)], fmt=tarfile.GNU_FORMAT),
+        "extended header",
+    ),
+    "GNU sparse member": (
+        "x.tar.gz",
+        lambda: _tar_gz([(_member("data.csv", type=tarfile.GNUTYPE_SPARSE), GOOD)], fmt=tarfile.GNU_FORMAT),
+        "sparse member",
+    ),
+    "pax sparse member": (
+        "x.tar.gz",
+        lambda: _tar_gz([(_member("GNUSparseFile.0/data.csv", pax_headers=SPARSE_PAX), b"3\n0\n")]),
+        "sparse",
+    ),
     "chained pax headers": ("x.tar.gz", lambda: _chained_pax_headers(3000), "too many extended"),
-    "bzip2 zip member": ("x.zip", lambda: _zip({"data.csv": GOOD}, zipfile.ZIP_BZIP2),
-                         "not stored or deflated"),
-    "lzma zip member": ("x.zip", lambda: _zip({"data.csv": GOOD}, zipfile.ZIP_LZMA),
-                        "not stored or deflated"),
-    "zip of many entries": ("x.zip", lambda: _zip(
-        {"data.csv": GOOD, **{f"f{i}.txt": b"" for i in range(60)}}), "a zip of 61 entries"),
-    "tar of many members": ("x.tar.gz", lambda: _tar_gz(
-        [(_member(f"f{i}.txt"), b"") for i in range(60)] + [(_member("data.csv"), GOOD)]),
-        "more than 50 archive members"),
-    "a header of one huge name": ("x.csv", lambda: b"\0" * 40_000 + b"\n" + GOOD,
-                                  "no column 'text' (download.text_field); columns found: '"),
-    "endless line in a .csv.gz": ("x.csv.gz", lambda: gzip.compress(
-        b"text,label\n" + b"\0" * 200_000, mtime=0), "line 2: longer than 50000 characters"),
-    "endless quoted field": ("x.csv.gz", lambda: gzip.compress(
-        b'text,label\n"' + b"word\n" * 20_000, mtime=0), "field larger than field limit"),
-    "endless JSON line": ("x.jsonl.gz", lambda: gzip.compress(b"[" * 200_000, mtime=0),
-                          "line 1: longer than 50000 characters"),
-    "deeply nested JSON": ("x.jsonl", lambda: b'{"text": "' + b"[" * 40_000 + b'", "label": "a"}\n'
-                           + b'{"text": ' + b"[" * 20_000 + b"]" * 20_000 + b"}\n",
-                           "line 2: JSON nested too deeply"),
+    "bzip2 zip member": ("x.zip", lambda: _zip({"data.csv": GOOD}, zipfile.ZIP_BZIP2), "not stored or deflated"),
+    "lzma zip member": ("x.zip", lambda: _zip({"data.csv": GOOD}, zipfile.ZIP_LZMA), "not stored or deflated"),
+    "zip of many entries": (
+        "x.zip",
+        lambda: _zip({"data.csv": GOOD, **{f"f{i}.txt": b"" for i in range(60)}}),
+        "a zip of 61 entries",
+    ),
+    "tar of many members": (
+        "x.tar.gz",
+        lambda: _tar_gz([(_member(f"f{i}.txt"), b"") for i in range(60)] + [(_member("data.csv"), GOOD)]),
+        "more than 50 archive members",
+    ),
+    "a header of one huge name": (
+        "x.csv",
+        lambda: b"\0" * 40_000 + b"\n" + GOOD,
+        "no column 'text' (download.text_field); columns found: '",
+    ),
+    "endless line in a .csv.gz": (
+        "x.csv.gz",
+        lambda: gzip.compress(b"text,label\n" + b"\0" * 200_000, mtime=0),
+        "line 2: longer than 50000 characters",
+    ),
+    "endless quoted field": (
+        "x.csv.gz",
+        lambda: gzip.compress(b'text,label\n"' + b"word\n" * 20_000, mtime=0),
+        "field larger than field limit",
+    ),
+    "endless JSON line": (
+        "x.jsonl.gz",
+        lambda: gzip.compress(b"[" * 200_000, mtime=0),
+        "line 1: longer than 50000 characters",
+    ),
+    "deeply nested JSON": (
+        "x.jsonl",
+        lambda: (
+            b'{"text": "'
+            + b"[" * 40_000
+            + b'", "label": "a"}\n'
+            + b'{"text": '
+            + b"[" * 20_000
+            + b"]" * 20_000
+            + b"}\n"
+        ),
+        "line 2: JSON nested too deeply",
+    ),
 }
 
 
@@ -132,8 +170,7 @@ def test_crafted_inputs_are_refused_in_one_line(previous, serve, monkeypatch, ca
     assert previous()
 
 
-def test_a_zip_with_a_huge_central_directory_is_refused_before_reading_it(previous, serve,
-                                                                           monkeypatch):
+def test_a_zip_with_a_huge_central_directory_is_refused_before_reading_it(previous, serve, monkeypatch):
     monkeypatch.setattr(archive, "MAX_ZIP_DIRECTORY_BYTES", 1000)
     link, sha = serve("x.zip", _zip({f"{'d' * 200}/{i}.txt": b"" for i in range(10)}))
     _refused(_cli(source="url", url=link, sha256=sha), "directory); refused")
@@ -207,7 +244,6 @@ def test_a_fast_download_passes_the_rate_checks(work, serve, monkeypatch):
 def test_an_archive_within_the_limits_still_unpacks(work, serve, monkeypatch):
     monkeypatch.setattr(archive, "MAX_TAR_HEADER_BYTES", 2048)
     data = _csv_bytes(ROWS)
-    link, sha = serve("ok.tar.gz", _tar_gz([(_member("data.csv", pax_headers={"comment": "é"}),
-                                             data)]))
+    link, sha = serve("ok.tar.gz", _tar_gz([(_member("data.csv", pax_headers={"comment": "é"}), data)]))
     result = _cli(source="url", url=link, sha256=sha)
     assert result.exit_code == 0, result.output

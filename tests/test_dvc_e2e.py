@@ -45,8 +45,10 @@ def _make_repo(repo: Path) -> dict[str, str]:
         "PYTHONPATH": str(repo),
         "DVC_NO_ANALYTICS": "1",
         "DVC_SITE_CACHE_DIR": str(repo.parent / "dvc-site-cache"),
-        "GIT_AUTHOR_NAME": "e2e", "GIT_AUTHOR_EMAIL": "e2e@example.com",
-        "GIT_COMMITTER_NAME": "e2e", "GIT_COMMITTER_EMAIL": "e2e@example.com",
+        "GIT_AUTHOR_NAME": "e2e",
+        "GIT_AUTHOR_EMAIL": "e2e@example.com",
+        "GIT_COMMITTER_NAME": "e2e",
+        "GIT_COMMITTER_EMAIL": "e2e@example.com",
     }
     return env
 
@@ -139,7 +141,10 @@ def test_dvc_repro_seeds_metrics_and_plots(tmp_path):
     _edit_params(repo, lambda raw: raw["birnn"].update(dropout=0.2))
     assert set(json.loads(dvc("status", "--json"))) == _runs(["birnn"])
     assert _ran(dvc("repro")) == AFTER_BIRNN
-    assert {**_bytes(repo, "models/baseline/seed*.pt"), **_bytes(repo, "models/stacked/seed*.pt")} == baseline_and_stacked
+    assert {
+        **_bytes(repo, "models/baseline/seed*.pt"),
+        **_bytes(repo, "models/stacked/seed*.pt"),
+    } == baseline_and_stacked
 
     # 3. The diffs name the param, and only headline figures of metrics/compare.json: the BiRNN's.
     params = json.loads(dvc("params", "diff", "--json"))
@@ -160,7 +165,9 @@ def test_dvc_repro_seeds_metrics_and_plots(tmp_path):
     _edit_params(repo, lambda raw: raw["train"].update(seeds=[*SEEDS, 9]))
     ran = _ran(dvc("repro"))
     assert {stage for stage in ran if stage.startswith("train@")} == _runs(seeds=[9])
-    assert {"evaluate", "compare"} <= ran <= _runs(seeds=[9]) | {f"publish@{m}" for m in MODELS} | {"evaluate", "compare"}
+    assert (
+        {"evaluate", "compare"} <= ran <= _runs(seeds=[9]) | {f"publish@{m}" for m in MODELS} | {"evaluate", "compare"}
+    )
     assert {k: v for k, v in _bytes(repo, "models/*/seed*.pt").items() if "seed9" not in k} == trained
     assert _bytes(repo, "models/*.pt") == served
     assert json.loads((repo / "metrics" / "compare.json").read_text())["seeds"] == 3
@@ -179,7 +186,10 @@ def test_dvc_repro_seeds_metrics_and_plots(tmp_path):
                 assert any(f.endswith(f"{model}/seed7/plots/metrics/{split}/{curve}") for f in files), files
     confusion = by_title["Test confusion matrices"]
     assert {row["filename"].split("/")[-1] for row in confusion["data"]["values"]} == {
-        "baseline.json", "birnn.json", "stacked.json", "reference.json"
+        "baseline.json",
+        "birnn.json",
+        "stacked.json",
+        "reference.json",
     }
     assert "facet" in confusion  # the confusion template: one matrix per file and revision
     assert "predicted" not in json.dumps([s for t, s in by_title.items() if t != "Test confusion matrices"])

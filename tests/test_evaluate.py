@@ -84,7 +84,9 @@ def test_scores_cover_every_seed_of_every_model_and_both_references(trained):
     labels = _json("data/prepared/labels.json")
     sizes = {s: n["size"] for s, n in _json("data/prepared/stats.json")["splits"].items()}
     assert sorted(p.name for p in Path("metrics/scores").iterdir()) == sorted(f"{n}.json" for n in MODELS + REFERENCES)
-    assert sorted(p.name for p in Path("metrics/predictions").iterdir()) == sorted(f"{n}.json" for n in MODELS + REFERENCES)
+    assert sorted(p.name for p in Path("metrics/predictions").iterdir()) == sorted(
+        f"{n}.json" for n in MODELS + REFERENCES
+    )
     for name in MODELS + REFERENCES:
         scores = _json(f"metrics/scores/{name}.json")
         expected_seeds = ["0"] if name in REFERENCES else ["7", "8"]
@@ -128,7 +130,9 @@ def test_each_seed_is_scored_with_its_own_checkpoint(trained):
                 predicted = proba.argmax(1)
                 assert m["accuracy"] == pytest.approx(accuracy_score(y, predicted), abs=1e-6)
                 assert m["loss"] == pytest.approx(log_loss(y, proba, labels=range(len(labels))), abs=1e-5)
-                assert m["macro_f1"] == pytest.approx(f1_score(y, predicted, average="macro", labels=range(len(labels)), zero_division=0), abs=1e-6)
+                assert m["macro_f1"] == pytest.approx(
+                    f1_score(y, predicted, average="macro", labels=range(len(labels)), zero_division=0), abs=1e-6
+                )
                 assert m["confusion_matrix"] == confusion_matrix(y, predicted, labels=range(len(labels))).tolist()
                 losses.append(m["loss"])
             assert losses[0] != losses[1], (name, split)  # two runs, not one scored twice

@@ -19,14 +19,17 @@ LABELS = ("money", "sport", "tech")
 
 def _run(epochs: int, train_end: float, val_end: float) -> dict:
     """Synthetic DVCLive-like curves that rise (accuracy) and fall (loss) towards the given ends."""
+
     def rise(end):
         return [(e, round(0.3 + (end - 0.3) * e / epochs, 6)) for e in range(1, epochs + 1)]
 
     def fall(end):
         return [(e, round(1.6 - (1.6 - end) * e / epochs, 6)) for e in range(1, epochs + 1)]
 
-    return {"accuracy": {"train": rise(train_end), "val": rise(val_end)},
-            "loss": {"train": fall(1 - train_end), "val": fall(1.5 - val_end)}}
+    return {
+        "accuracy": {"train": rise(train_end), "val": rise(val_end)},
+        "loss": {"train": fall(1 - train_end), "val": fall(1.5 - val_end)},
+    }
 
 
 CURVES = {
@@ -51,9 +54,9 @@ def png_size(data: bytes) -> tuple[int, int]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG signature"
     pos, chunks, idat = 8, [], b""
     while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
         assert zlib.crc32(kind + body) == crc, f"bad CRC in {kind!r}"
         chunks.append(kind)
         idat += body if kind == b"IDAT" else b""
@@ -93,7 +96,7 @@ def test_write_renders_each_figure_as_a_valid_png_of_sensible_size(tmp_path):
 def test_same_data_gives_the_same_bytes_and_other_data_other_bytes(tmp_path):
     first = figures.write(tmp_path / "a", CURVES, PREDICTIONS, SEEDS)
     second = figures.write(tmp_path / "b", CURVES, PREDICTIONS, SEEDS)
-    for one, two in zip(first.values(), second.values()):
+    for one, two in zip(first.values(), second.values(), strict=True):
         assert one.read_bytes() == two.read_bytes(), one.name
     changed = {**SEEDS, "baseline": [{"train": 0.99, "val": 0.65, "test": 0.54}]}
     spec_a, spec_b = figures.seed_spread_spec(SEEDS), figures.seed_spread_spec(changed)
@@ -108,8 +111,9 @@ def test_learning_curves_colour_per_model_dash_per_split_and_words_on_the_axes()
     assert panel["strokeDash"]["field"] == "split"
     assert panel["detail"]["field"] == "seed"  # every seed its own line, never joined to another
     rows = spec["data"]["values"]
-    assert len(rows) == sum(len(pts) for runs in CURVES.values() for run in runs
-                            for by_split in run.values() for pts in by_split.values())
+    assert len(rows) == sum(
+        len(pts) for runs in CURVES.values() for run in runs for by_split in run.values() for pts in by_split.values()
+    )
     assert {(r["model"], r["seed"]) for r in rows} >= {("stacked", 2), ("birnn", 1), ("baseline", 0)}
 
     legend = svg_texts(spec, "role-legend-label")
@@ -126,7 +130,11 @@ def test_confusion_matrices_count_each_cell_and_name_the_axes():
     assert cells[("baseline", "money", "tech")]["count"] == 1
     assert cells[("baseline", "money", "money")]["share"] == 0.5  # share of the actual class
     assert cells[("birnn", "money", "money")] == {
-        "model": "birnn", "actual": "money", "predicted": "money", "count": 2, "share": 1.0
+        "model": "birnn",
+        "actual": "money",
+        "predicted": "money",
+        "count": 2,
+        "share": 1.0,
     }
     assert cells[("reference", "sport", "sport")]["count"] == 0
     assert set(svg_texts(spec, "role-axis-title")) == {"Actual class", "Predicted class"}
@@ -215,8 +223,14 @@ def test_compare_draws_and_embeds_the_figures_from_the_real_stages(tiny_project)
     runner = CliRunner()
     seeds = yaml.safe_load(Path("params.yaml").read_text())["train"]["seeds"]
     models = ("baseline", "birnn", "stacked")
-    steps = [["download"], ["prepare"], *(["train", m, "--seed", str(s)] for m in models for s in seeds),
-             *(["publish", m] for m in models), ["evaluate"], ["compare"]]
+    steps = [
+        ["download"],
+        ["prepare"],
+        *(["train", m, "--seed", str(s)] for m in models for s in seeds),
+        *(["publish", m] for m in models),
+        ["evaluate"],
+        ["compare"],
+    ]
     for args in steps:
         result = runner.invoke(app, args)
         assert result.exit_code == 0, (args, result.output)
@@ -224,7 +238,9 @@ def test_compare_draws_and_embeds_the_figures_from_the_real_stages(tiny_project)
     report = Path("metrics/report.md").read_text(encoding="utf-8")
     embedded = re.findall(r"!\[([^\]]+)\]\(([^)]+)\)", report)
     assert [path for _, path in embedded] == [
-        "figures/learning_curves.png", "figures/confusion_matrices.png", "figures/seed_spread.png"
+        "figures/learning_curves.png",
+        "figures/confusion_matrices.png",
+        "figures/seed_spread.png",
     ]
     for _, path in embedded:  # relative to the report, as a Markdown viewer resolves it
         width, height = png_size((Path("metrics") / path).read_bytes())

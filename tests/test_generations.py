@@ -48,8 +48,9 @@ def _stage(stage: str, cwd: Path, kill_at: int | None = None) -> subprocess.Pope
     args = ["-m", "pipeline", stage]
     if kill_at is not None:
         args = ["-c", KILL_AT_REPLACE, str(kill_at), stage]
-    return subprocess.Popen([sys.executable, *args], cwd=cwd, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
 
 
 def _run(stage: str, cwd: Path) -> None:

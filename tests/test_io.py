@@ -60,8 +60,9 @@ def test_publish_dir_without_an_atomic_exchange_still_swaps(tmp_path, monkeypatc
 
 
 def _dead_pid() -> int:
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     return int(proc.stdout)
 
 
@@ -85,9 +86,7 @@ def test_temp_files_of_a_killed_writer_are_removed_and_a_live_writers_kept(tmp_p
     assert left == sorted(["prepared", running.name, unrelated.name, "stats.json"])
 
 
-@pytest.mark.parametrize(
-    "text", ["line\u2028sep", "para\u2029sep", "next\x85line", "tab\tcr\r\nlf"]
-)
+@pytest.mark.parametrize("text", ["line\u2028sep", "para\u2029sep", "next\x85line", "tab\tcr\r\nlf"])
 def test_jsonl_lines_survive_splitlines_and_read_back(tmp_path, text):
     line = io.jsonl_line({"text": text, "label": "x"})
     assert line.endswith(b"\n") and len(line.decode().splitlines()) == 1
@@ -121,8 +120,11 @@ def test_a_line_past_the_limit_is_refused_unread(tmp_path, monkeypatch):
 
 def test_npz_written_in_blocks_has_the_bytes_of_np_savez(tmp_path):
     rng = np.random.default_rng(0)
-    arrays = {"ids": rng.integers(0, 1000, (1003, 7)), "lengths": rng.integers(1, 7, 1003),
-              "labels": rng.integers(0, 5, 1003)}
+    arrays = {
+        "ids": rng.integers(0, 1000, (1003, 7)),
+        "lengths": rng.integers(1, 7, 1003),
+        "labels": rng.integers(0, 5, 1003),
+    }
     io.save_arrays(tmp_path / "whole.npz", **arrays)
     with io.NpzWriter(tmp_path / "blocks.npz") as npz:
         with npz.blocks("ids", np.int64, arrays["ids"].shape) as write:

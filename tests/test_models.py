@@ -152,7 +152,7 @@ def test_the_compiled_loop_and_the_pytorch_loop_agree(monkeypatch):
         out = recurrence.TanhRecurrence.apply(x * 1, w, 30).view(2, 30, 16, 8)
         (out * upstream).sum().backward()
         results.append((out.detach(), x.grad, w.grad))
-    for compiled, pytorch in zip(*results):
+    for compiled, pytorch in zip(*results, strict=True):
         assert torch.allclose(compiled, pytorch, atol=1e-5)
 
 

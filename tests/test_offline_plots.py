@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT
 
 BIN = Path(sys.executable).parent
@@ -83,8 +82,10 @@ def _repo(tmp_path: Path) -> tuple[Path, callable]:
         "PYTHONPATH": str(ROOT),
         "DVC_NO_ANALYTICS": "1",
         "DVC_SITE_CACHE_DIR": str(tmp_path / "dvc-site-cache"),
-        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
     }
 
     def sh(*args: str) -> str:
@@ -106,9 +107,19 @@ def _repo(tmp_path: Path) -> tuple[Path, callable]:
 def _open(browser: str, page: Path, profile: Path) -> str:
     """The DOM after the page's scripts ran, from headless Chromium with the network features off."""
     args = [
-        browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={profile}", "--virtual-time-budget=30000", "--dump-dom", page.as_uri(),
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=30000",
+        "--dump-dom",
+        page.as_uri(),
     ]
     done = subprocess.run(args, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -125,7 +136,7 @@ def _charts(html: str, dom: str) -> dict[str, str]:
         assert match, f"chart {chart} missing from the drawn page"
         starts.append(match.start())
     ends = starts[1:] + [len(dom)]
-    return {chart: dom[start:end] for chart, start, end in zip(ids, starts, ends)}
+    return {chart: dom[start:end] for chart, start, end in zip(ids, starts, ends, strict=True)}
 
 
 def _drawn_marks(part: str) -> dict[str, int]:
@@ -159,7 +170,7 @@ def _check_page(browser: str, page: Path, profile: Path, revisions: int) -> None
     titles = re.findall(r'"title": \{"text": "([^"]+)"', html)
     assert titles == [title for title, _ in plots]
     assert len(charts) == len(plots)
-    for (title, spec), part in zip(plots, charts.values()):
+    for (title, spec), part in zip(plots, charts.values(), strict=True):
         assert "<svg" in part, f"{title}: nothing drawn"
         marks = _drawn_marks(part)
         legend = _texts(part, "role-legend-label")

@@ -13,6 +13,7 @@ import sys
 
 import pytest
 import yaml
+from conftest import ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -20,12 +21,8 @@ from typer.testing import CliRunner
 from pipeline import params as P
 from pipeline.cli import app
 
-from conftest import ROOT
-
 PARAMS_TEXT = (ROOT / "params.yaml").read_text(encoding="utf-8")
-MODEL_KEYS = (
-    "cell, embed_dim, hidden_dim, num_layers, bidirectional, dropout, word_dropout, readout, early_stopping"
-)
+MODEL_KEYS = "cell, embed_dim, hidden_dim, num_layers, bidirectional, dropout, word_dropout, readout, early_stopping"
 
 
 @pytest.fixture
@@ -266,9 +263,7 @@ def test_bad_params_file_is_one_line(tmp_path, monkeypatch, case):
     assert "\n" not in str(err.value) and len(str(err.value)) < 200
 
 
-@pytest.mark.parametrize(
-    "case", ["lr inf", "seeds 2**64", "embed_dim 10**12", "billion laughs", "nested 600 deep"]
-)
+@pytest.mark.parametrize("case", ["lr inf", "seeds 2**64", "embed_dim 10**12", "billion laughs", "nested 600 deep"])
 def test_cli_refuses_a_bad_params_file_with_exit_2_and_writes_nothing(tmp_path, monkeypatch, case):
     edit, expected = BAD_FILES[case]
     monkeypatch.chdir(tmp_path)
@@ -292,15 +287,11 @@ def test_a_50_mb_params_file_is_refused_without_reading_it(tmp_path):
         timeout=60,
     )
     assert result.returncode == 2 and result.stdout == ""
-    assert (
-        result.stderr == f"error: {big}: params file is over 1,000,000 bytes; it holds settings, not data\n"
-    )
+    assert result.stderr == f"error: {big}: params file is over 1,000,000 bytes; it holds settings, not data\n"
     assert sorted(os.listdir(tmp_path)) == ["big.yaml"]
 
 
-@pytest.mark.parametrize(
-    "command", [["prepare"], ["download"], ["train", "birnn", "--seed", "42"], ["evaluate"]]
-)
+@pytest.mark.parametrize("command", [["prepare"], ["download"], ["train", "birnn", "--seed", "42"], ["evaluate"]])
 def test_cli_misspelt_key_exits_2_with_one_line(tmp_path, monkeypatch, raw, command):
     raw["prepare"]["max_lenn"] = raw["prepare"].pop("max_len")
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(raw))
@@ -428,9 +419,7 @@ def test_any_unicode_text_is_params_or_one_line(tmp_path, text):
 
 JSONISH = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
-    ),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
     max_leaves=8,
 )
 

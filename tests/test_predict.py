@@ -137,7 +137,7 @@ def test_a_text_gets_the_same_probabilities_alone_or_in_a_batch(project):
     together = _probs(_json("--top-k", "3", *texts))
     reversed_order = _probs(_json("--top-k", "3", *reversed(texts)))[::-1]
     alone = [_probs(_json("--top-k", "3", t))[0] for t in texts]
-    for batch, rev, single in zip(together, reversed_order, alone):
+    for batch, rev, single in zip(together, reversed_order, alone, strict=True):
         for label in single:
             assert batch[label] == pytest.approx(single[label], abs=1e-6)
             assert rev[label] == pytest.approx(single[label], abs=1e-6)
@@ -207,7 +207,10 @@ BAD_INPUTS = {
     "not UTF-8": (lambda: ["--file", _write("in.txt", b"caf\xe9 market\n")], "UTF-8"),
     "csv without the field": (lambda: ["--file", _write("in.csv", "body\ngoal\n")], "'text'"),
     "jsonl without the field": (lambda: ["--file", _write("in.jsonl", '{"body": "a"}')], "'text'"),
-    "jsonl not json": (lambda: ["--file", _write("in.jsonl", '{"text": "a"}\n{oo')], "in.jsonl: line 2: not valid JSON"),
+    "jsonl not json": (
+        lambda: ["--file", _write("in.jsonl", '{"text": "a"}\n{oo')],
+        "in.jsonl: line 2: not valid JSON",
+    ),
     "no texts": (list, "no texts"),
     "empty file": (lambda: ["--file", _write("in.txt", "")], "no texts"),
     "csv header only": (lambda: ["--file", _write("in.csv", "text\n")], "no texts"),
@@ -305,7 +308,9 @@ def test_vocab_option_accepts_the_training_vocabulary_and_refuses_another(projec
 
     vocab = json.loads(VOCAB.read_text(encoding="utf-8"))
     Path("other.json").write_text(json.dumps({"tokens": [*vocab["tokens"], "newword"]}), encoding="utf-8")
-    _one_line_refusal(_cli("--vocab", "other.json", "goal"), "models/birnn.pt: was trained with another vocabulary than other.json")
+    _one_line_refusal(
+        _cli("--vocab", "other.json", "goal"), "models/birnn.pt: was trained with another vocabulary than other.json"
+    )
     # A prepared vocabulary that changed after training is refused when it is named.
     shutil.copy2("other.json", VOCAB)
     _one_line_refusal(_cli("--vocab", str(VOCAB), "goal"), "another vocabulary")
@@ -358,8 +363,13 @@ def test_input_is_read_and_printed_a_chunk_at_a_time(project, monkeypatch):
     result = _cli("--file", "in.txt")
     _one_line_refusal(result, "in.txt:6: the text is empty")
     rows = [line.split("\t") for line in result.stdout.splitlines()]
-    assert [row[:2] for row in rows] == [["#", "text"], ["1", "goal team"], ["2", "bank market"],
-                                         ["3", "chip data"], ["4", "match win"]]
+    assert [row[:2] for row in rows] == [
+        ["#", "text"],
+        ["1", "goal team"],
+        ["2", "bank market"],
+        ["3", "chip data"],
+        ["4", "match win"],
+    ]
 
 
 def test_indices_and_notes_run_across_chunks(project, monkeypatch):

@@ -29,8 +29,15 @@ def test_same_params_give_byte_identical_outputs(tiny_params):
     second = {p.name: p.read_bytes() for p in sorted(OUT.iterdir())}
     assert first == second
     assert set(first) == {
-        "train.npz", "val.npz", "test.npz", "train.jsonl", "val.jsonl", "test.jsonl",
-        "vocab.json", "labels.json", "stats.json",
+        "train.npz",
+        "val.npz",
+        "test.npz",
+        "train.jsonl",
+        "val.jsonl",
+        "test.jsonl",
+        "vocab.json",
+        "labels.json",
+        "stats.json",
     }
 
 
@@ -106,13 +113,21 @@ def test_lengths_match_tokens_and_truncation_rate(tiny_params):
         ids, lengths = arrays[split]["ids"], arrays[split]["lengths"]
         assert ids.shape[1] == max_len
         assert ((ids != PAD_ID).sum(1) == lengths).all()
-        raw = [len(tokenise(json.loads(l)["text"])) for l in (OUT / f"{split}.jsonl").read_text().splitlines()]
+        raw = [len(tokenise(json.loads(line)["text"])) for line in (OUT / f"{split}.jsonl").read_text().splitlines()]
         assert lengths.tolist() == [min(n, max_len) for n in raw]
         assert stats["splits"][split]["truncation_rate"] == pytest.approx(np.mean(np.array(raw) > max_len), abs=1e-6)
 
 
 def test_tokeniser_normalises_case_unicode_and_apostrophes():
-    assert tokenise("Don’t PANIC: ｆｕｌｌ-width, Zürich's 3.5%!") == ["don't", "panic", "full", "width", "zürich's", "3", "5"]
+    assert tokenise("Don’t PANIC: ｆｕｌｌ-width, Zürich's 3.5%!") == [
+        "don't",
+        "panic",
+        "full",
+        "width",
+        "zürich's",
+        "3",
+        "5",
+    ]
 
 
 def test_cli_missing_corpus_exits_2(tiny_project):

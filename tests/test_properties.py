@@ -9,7 +9,8 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pipeline import io
 from pipeline.errors import UserError
@@ -19,12 +20,9 @@ from pipeline.text import PAD_ID, UNK_ID, Vocab, encode, tokenise
 LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 texts = st.text(alphabet=st.one_of(st.characters(), st.sampled_from(LINE_BREAKS + "'’_-")))
 # UTF-8 cannot store an unpaired surrogate: storable texts leave them out (tested apart below).
-storable = st.text(
-    alphabet=st.one_of(st.characters(exclude_categories=["Cs"]), st.sampled_from(LINE_BREAKS))
-)
+storable = st.text(alphabet=st.one_of(st.characters(exclude_categories=["Cs"]), st.sampled_from(LINE_BREAKS)))
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
-    | storable,
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | storable,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(storable, inner, max_size=3),
     max_leaves=10,
 )
@@ -40,8 +38,11 @@ def test_tokens_are_lower_case_words_without_separators(text):
     assert tokenise(text) == tokens  # no hidden state
 
 
-@given(st.lists(st.lists(st.sampled_from("abcdefgh"), max_size=12), max_size=6),
-       st.integers(1, 8), st.sampled_from(["head", "tail"]))
+@given(
+    st.lists(st.lists(st.sampled_from("abcdefgh"), max_size=12), max_size=6),
+    st.integers(1, 8),
+    st.sampled_from(["head", "tail"]),
+)
 def test_encode_truncates_and_pads_like_the_plain_definition(docs, max_len, keep):
     vocab = Vocab(("<pad>", "<unk>", "a", "b", "c", "d"))
     ids, lengths = encode(docs, vocab, max_len, keep)

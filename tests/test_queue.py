@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny_params_dict
 from dvc_repo import DVC, exp_show_rows, make_repo, ran, runner
 
@@ -60,8 +59,14 @@ def test_two_queued_experiments_run_in_two_workers_with_one_thread_each(tmp_path
     # The workers are daemons that keep whatever stdout they inherit open: a pipe would not close.
     with open(tmp_path / "queue-start.log", "w") as log:
         subprocess.run(
-            (DVC, "queue", "start", "-j", "2"), cwd=repo, env={**env, "OMP_NUM_THREADS": "1"},
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, timeout=120, check=True,
+            (DVC, "queue", "start", "-j", "2"),
+            cwd=repo,
+            env={**env, "OMP_NUM_THREADS": "1"},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=120,
+            check=True,
         )
     runs_at_once = 0
     try:
@@ -92,7 +97,10 @@ def test_two_queued_experiments_run_in_two_workers_with_one_thread_each(tmp_path
     for hidden_dim in (4, 12):
         # Each trained the BiRNN only, the rest coming from the cache, in one thread.
         assert ran(sh(DVC, "queue", "logs", experiments[hidden_dim]["name"])) == {
-            "train@birnn-7", "publish@birnn", "evaluate", "compare"
+            "train@birnn-7",
+            "publish@birnn",
+            "evaluate",
+            "compare",
         }
         summary = sh("git", "show", f"{experiments[hidden_dim]['rev']}:metrics/train/birnn/seed7.json")
         trained[hidden_dim] = json.loads(summary)

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import tiny_params_dict
 from dvc_repo import DVC, make_repo, ran, repo_env, runner
 
@@ -52,8 +51,11 @@ def create_bucket(endpoint: str, name: str) -> None:
     import boto3
 
     client = boto3.client(
-        "s3", endpoint_url=endpoint, region_name=REGION,
-        aws_access_key_id="testing", aws_secret_access_key="testing",
+        "s3",
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
     )
     client.create_bucket(Bucket=name)
 
@@ -207,7 +209,9 @@ def test_a_missing_or_unreachable_remote_is_one_line_naming_the_cause(tmp_path, 
     endpoint = f"http://127.0.0.1:{closed_port()}"
     fails(
         f'Could not connect to the endpoint URL: "{endpoint}/',
-        config={"endpointurl": endpoint}, AWS_MAX_ATTEMPTS="1", **KEYS,
+        config={"endpointurl": endpoint},
+        AWS_MAX_ATTEMPTS="1",
+        **KEYS,
     )
 
     # With every override gone, the same clones push and pull.

@@ -85,8 +85,10 @@ class Payload:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ({"model": {}, "config": Payload(), "labels": [], "vocab_sha256": "", "epoch": 1, "best_val_loss": 0.0},
-         "refused, the checkpoint holds more than tensors"),
+        (
+            {"model": {}, "config": Payload(), "labels": [], "vocab_sha256": "", "epoch": 1, "best_val_loss": 0.0},
+            "refused, the checkpoint holds more than tensors",
+        ),
         ({"weights": torch.zeros(1)}, "not a pipeline checkpoint"),
     ],
 )

@@ -55,11 +55,7 @@ def gunzip(archive: Path, dest: Path, what: str) -> None:
 def is_data(name: str) -> bool:
     # macOS zips carry resource-fork copies (__MACOSX/, ._name) that look like data files.
     path = PurePosixPath(name)
-    return (
-        path.suffix.lower() in (".csv", ".jsonl")
-        and "__MACOSX" not in path.parts
-        and not path.name.startswith("._")
-    )
+    return path.suffix.lower() in (".csv", ".jsonl") and "__MACOSX" not in path.parts and not path.name.startswith("._")
 
 
 def _check_name(name: str, what: str) -> None:
@@ -71,9 +67,7 @@ def _check_name(name: str, what: str) -> None:
 def _one_data_file(names: list[str], what: str) -> tuple[str, Format]:
     if len(names) != 1:
         found = ", ".join(names) or "none"
-        raise UserError(
-            f"{what}: an archive must hold exactly one .csv or .jsonl file (found: {found})"
-        )
+        raise UserError(f"{what}: an archive must hold exactly one .csv or .jsonl file (found: {found})")
     return names[0], PurePosixPath(names[0]).suffix.lower()[1:]  # type: ignore[return-value]
 
 
@@ -81,10 +75,10 @@ def unzip(archive: Path, dest: Path, what: str) -> tuple[str, Format]:
     # zipfile reads the whole central directory, and makes an object per entry, before
     # anything else: its announced size and entry count are checked first.
     with open(archive, "rb") as fh:
-        end = zipfile._EndRecData(fh)  # the end record, zip64 sizes included (stdlib private)
+        end = zipfile._EndRecData(fh)  # type: ignore[attr-defined]  # the end record, zip64 sizes included (stdlib private)
     if end is None:
         raise zipfile.BadZipFile("no end of central directory record")
-    entries, directory = end[zipfile._ECD_ENTRIES_TOTAL], end[zipfile._ECD_SIZE]
+    entries, directory = end[zipfile._ECD_ENTRIES_TOTAL], end[zipfile._ECD_SIZE]  # type: ignore[attr-defined]
     if entries > MAX_MEMBERS or directory > MAX_ZIP_DIRECTORY_BYTES:
         raise UserError(f"{what}: a zip of {entries} entries ({directory}-byte directory); refused")
     with zipfile.ZipFile(archive) as zf:
@@ -120,13 +114,18 @@ class _TarInfo(tarfile.TarInfo):
     """
 
     def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
-        headers = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
-                   tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+        headers = (
+            tarfile.XHDTYPE,
+            tarfile.XGLTYPE,
+            tarfile.SOLARIS_XHDTYPE,
+            tarfile.GNUTYPE_LONGNAME,
+            tarfile.GNUTYPE_LONGLINK,
+        )
         if self.type in headers and self.size > MAX_TAR_HEADER_BYTES:
             raise _Refused(f"a {self.size}-byte extended header")
         if self.type == tarfile.GNUTYPE_SPARSE:
             raise _Refused(f"sparse member {self.name!r}")
-        return super()._proc_member(tarfile_)
+        return super()._proc_member(tarfile_)  # type: ignore[misc]  # tarfile's private hook
 
     def _proc_gnusparse_00(self, *args: object) -> None:
         raise _Refused("a sparse member")
@@ -139,9 +138,10 @@ def untar(archive: Path, dest: Path, what: str) -> tuple[str, Format]:
     # included, counts towards the cap, so a tar bomb stops early instead of filling the disk.
     found: list[str] = []
     try:
-        with gzip.open(archive) as raw, tarfile.open(
-            fileobj=Capped(raw.read, what), mode="r|", tarinfo=_TarInfo
-        ) as tar:
+        with (
+            gzip.open(archive) as raw,
+            tarfile.open(fileobj=Capped(raw.read, what), mode="r|", tarinfo=_TarInfo) as tar,  # type: ignore[call-overload]
+        ):
             for count, member in enumerate(tar, start=1):
                 if count > MAX_MEMBERS:
                     raise UserError(f"{what}: more than {MAX_MEMBERS} archive members; refused")

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 import sys
-from collections import Counter, defaultdict
+from collections import defaultdict
+from collections.abc import Mapping
 
 from pipeline.errors import UserError
 
@@ -46,7 +47,7 @@ def check_new(label: str, known: int, where: str) -> None:
         raise UserError(f"{where}: more than {MAX_LABELS} distinct labels; {HINT}")
 
 
-def check_all(counts: Counter[str], where: str) -> None:
+def check_all(counts: Mapping[str, int], where: str) -> None:
     """Refuse a label column that cannot be classes; warn about one value spelt several ways."""
     documents, labels = sum(counts.values()), len(counts)
     once = [label for label, n in counts.items() if n == 1]
@@ -57,10 +58,7 @@ def check_all(counts: Counter[str], where: str) -> None:
         )
     if len(once) > 10 and len(once) * 2 > labels:
         shown = ", ".join(repr(label) for label in sorted(once)[:3])
-        raise UserError(
-            f"{where}: {len(once)} of the {labels} labels have a single document ({shown}, ...); "
-            f"{HINT}"
-        )
+        raise UserError(f"{where}: {len(once)} of the {labels} labels have a single document ({shown}, ...); {HINT}")
     same: defaultdict[float, list[str]] = defaultdict(list)
     for label in sorted(counts):
         value = _as_number(label)

@@ -65,12 +65,10 @@ def _kind(url: str) -> tuple[str, Format | None]:
             return kind, None
     for fmt in ("csv", "jsonl"):
         if name.endswith(f".{fmt}.gz"):
-            return "gzip", fmt  # type: ignore[return-value]
+            return "gzip", fmt
         if name.endswith(f".{fmt}"):
-            return "plain", fmt  # type: ignore[return-value]
-    raise UserError(
-        f"{url}: the URL path must end in .csv, .jsonl, .csv.gz, .jsonl.gz, .zip, .tar.gz or .tgz"
-    )
+            return "plain", fmt
+    raise UserError(f"{url}: the URL path must end in .csv, .jsonl, .csv.gz, .jsonl.gz, .zip, .tar.gz or .tgz")
 
 
 def _stream(url: str, dest: Path) -> str:
