@@ -91,3 +91,74 @@ def test_a_killed_rank_fails_the_stage_with_one_line_instead_of_hanging(two_proc
     assert lines[-1] == "error: data-parallel training failed: rank 1 was killed by SIGKILL", err
     assert "Traceback" not in err
     assert not Path("models/birnn").exists()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _score_on_rank(rank: int, size: int, port: int, state: dict, queue) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from pipeline.data import Split
+    from pipeline.distributed import World
+    from pipeline.models import ModelConfig, RNNClassifier
+    from pipeline.train import score_shard
+
+    store = dist.TCPStore(
+        "127.0.0.1", port, size, is_master=rank == 0, timeout=__import__("datetime").timedelta(seconds=60)
+    )
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=size)
+    try:
+        model = RNNClassifier(ModelConfig(**state["config"]))
+        model.load_state_dict(state["model"])
+        split = Split(state["ids"], state["lengths"], state["labels"])
+        queue.put((rank, score_shard(model, split, World(rank, size), torch.device("cpu"))))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_scoring_across_ranks_counts_every_text_once():
+    """Seven texts over two ranks (an uneven shard): the same loss and accuracy as one process."""
+    import dataclasses
+
+    import torch
+    import torch.multiprocessing as mp
+
+    from pipeline.data import Split
+    from pipeline.distributed import World
+    from pipeline.models import ModelConfig, RNNClassifier
+    from pipeline.train import score_shard
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=20, num_classes=3, embed_dim=4, hidden_dim=5, bidirectional=True, readout="max")
+    model = RNNClassifier(cfg)
+    lengths = torch.tensor([5, 2, 7, 1, 3, 6, 4])
+    ids = torch.randint(2, 20, (7, 7)) * (torch.arange(7)[None, :] < lengths[:, None])
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0])
+    alone = score_shard(model, Split(ids, lengths, labels), World(), torch.device("cpu"))
+    state = {
+        "config": dataclasses.asdict(cfg),
+        "model": model.state_dict(),
+        "ids": ids,
+        "lengths": lengths,
+        "labels": labels,
+    }
+    context = mp.get_context("spawn")
+    queue = context.SimpleQueue()
+    port = _free_port()
+    workers = [context.Process(target=_score_on_rank, args=(r, 2, port, state, queue)) for r in range(2)]
+    for w in workers:
+        w.start()
+    results = dict(queue.get() for _ in workers)
+    for w in workers:
+        w.join(timeout=60)
+        assert w.exitcode == 0
+    for rank in (0, 1):
+        assert results[rank]["accuracy"] == pytest.approx(alone["accuracy"], abs=1e-12)
+        assert results[rank]["loss"] == pytest.approx(alone["loss"], rel=1e-6)
