@@ -12,11 +12,9 @@ from __future__ import annotations
 import functools
 import re
 import reprlib
-import textwrap
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     ConfigDict,
     Field,
@@ -31,6 +29,7 @@ from pydantic import (
 from pydantic.dataclasses import dataclass
 from pydantic_core.core_schema import ValidationInfo
 
+from pipeline import safe_yaml
 from pipeline.errors import UserError
 
 MAX_FILE_BYTES = 1_000_000  # settings, not data; PyYAML needs about 4 s per MB
@@ -300,71 +299,11 @@ def parse(raw: Any, sections: tuple[str, ...] | None = None) -> Params:
     return params
 
 
-class _Refused(Exception):
-    """YAML that is valid but that params never need, and that could exhaust memory or stack."""
-
-
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader without aliases and with bounded nesting.
-
-    An alias lets a few hundred bytes expand to gigabytes (the "billion laughs"), and the
-    composer recurses once per level of nesting.
-    """
-
-    depth = 0
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        event = self.peek_event()
-        line = event.start_mark.line + 1
-        if isinstance(event, yaml.AliasEvent):
-            raise _Refused(f"YAML aliases (*name) are not supported, write values out (line {line})")
-        if self.depth >= MAX_DEPTH:
-            raise _Refused(f"nested more than {MAX_DEPTH} levels deep (line {line})")
-        self.depth += 1
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self.depth -= 1
-
-
-# YAML 1.2 floats without a dot (`1e-3`), as DVC reads them; PyYAML's YAML 1.1 says string.
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
-def _read(path: Path) -> str:
-    try:
-        with path.open("rb") as file:
-            data = file.read(MAX_FILE_BYTES + 1)  # never more: the path may be /dev/zero
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: params file not found") from None
-    except OSError as exc:
-        raise ParamsError(f"{path}: cannot read params file ({exc.strerror or exc})") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise ParamsError(f"{path}: params file is over {MAX_FILE_BYTES:,} bytes; it holds settings, not data")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ParamsError(f"{path}: cannot read params file (not UTF-8, byte {exc.start})") from None
-
-
 def load(path: str | Path = "params.yaml", sections: tuple[str, ...] | None = None) -> Params:
     """Read and validate params.yaml; raise ParamsError with one readable line on any problem."""
     path = Path(path)
-    text = _read(path)
     try:
-        raw = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
-    except _Refused as exc:
-        raise ParamsError(f"{path}: {exc}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or getattr(exc, "reason", None)
-        why = f" ({textwrap.shorten(problem, 80)})" if problem else ""
-        raise ParamsError(f"{path}: not valid YAML{where}{why}") from None
-    except (ValueError, OverflowError) as exc:  # a scalar PyYAML cannot build, e.g. 2001-13-01
-        raise ParamsError(f"{path}: not valid YAML ({textwrap.shorten(str(exc), 80)})") from None
+        raw = safe_yaml.read(path, "params file", MAX_FILE_BYTES, MAX_DEPTH)
+    except safe_yaml.Refused as exc:
+        raise ParamsError(str(exc)) from None
     return parse(raw, sections)
