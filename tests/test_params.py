@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from pipeline import params as P
+from pipeline import safe_yaml
 from pipeline.cli import app
 
 PARAMS_TEXT = (ROOT / "params.yaml").read_text(encoding="utf-8")
@@ -397,7 +398,7 @@ def test_any_yaml_scalar_at_every_key_is_params_or_one_line(tmp_path, scalar):
     _assert_loads_or_one_line(path)
     # ...and what it reads as, in place of each value in turn.
     try:
-        value = yaml.load(f"key: {scalar}\n", Loader=P._Loader)["key"]
+        value = yaml.load(f"key: {scalar}\n", Loader=safe_yaml._Loader)["key"]
     except Exception:
         return  # not a value on its own; the whole file above was refused with one line
     for path in LEAVES:
