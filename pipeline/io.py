@@ -374,7 +374,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         made_here = path.parts[:1] == ("models",)
         raise UserError(f"{path}: model checkpoint not found" + ("; run `dvc repro` to train it" if made_here else ""))
     if not zipfile.is_zipfile(path):
-        raise UserError(f"{path}: not a PyTorch checkpoint (torch.save writes a zip archive; this file is not one)")
+        raise UserError(f"{path}: not a readable checkpoint (not the zip archive that torch.save writes)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -18,15 +18,13 @@ batch_size / N, gradients averaged by DistributedDataParallel.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -248,16 +246,19 @@ def run(params: Params, name: str, seed: int) -> None:
 
 
 def _train_and_publish(model, cfg, train, val, params, name, seed, world, vocab, labels, stats) -> dict:
-    """Fit, then (rank 0) write the checkpoint, the summary and the curves, all at the end."""
+    """Fit, then (rank 0) write the checkpoint, the summary and the curves, all at the end.
+
+    DVCLive writes the curves into the unpublished folder that io.publish_dir swaps in last,
+    so a stopped run leaves no partial curves beside the previous model.
+    """
     t = params.train
-    curves = layout.run_curves(name, seed)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{curves.name}.", dir=_parent(curves))) if world.main else None
-    try:
+    publish = io.publish_dir(layout.run_curves(name, seed)) if world.main else contextlib.nullcontext()
+    with publish as curves:
         live = None
         if world.main:
             from dvclive import Live
 
-            live = Live(dir=str(scratch), save_dvc_exp=False, dvcyaml=None)
+            live = Live(dir=str(curves), save_dvc_exp=False, dvcyaml=None)
         try:
             early = params.model(name).early_stopping
             summary = fit(model, train, val, t, seed, layout.run_name(name, seed), early, live, world)
@@ -282,18 +283,4 @@ def _train_and_publish(model, cfg, train, val, params, name, seed, world, vocab,
             }
             io.save_checkpoint(layout.run_checkpoint(name, seed), checkpoint)
             io.write_json(layout.run_summary(name, seed), summary)
-            old = curves.with_name(f".{curves.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            if curves.exists():
-                curves.rename(old)
-            scratch.rename(curves)
-            scratch = old
-        return summary
-    finally:
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _parent(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.parent
+    return summary
