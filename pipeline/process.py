@@ -14,6 +14,7 @@ its outputs.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -116,22 +117,38 @@ def exclusive(run: str) -> Iterator[None]:
     if launched_worker() or int(os.environ.get("RANK", "0")) != 0:
         yield  # only rank 0 of a torchrun group writes outputs
         return
-    LOCKS.mkdir(exist_ok=True)
     path = LOCKS / (re.sub(r"[^\w.]+", "-", run) + ".lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-    try:
+    while True:
+        try:
+            LOCKS.mkdir(exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except FileNotFoundError:  # a finishing run removed the folder just now
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise UserError(
                 f"`pipeline {run}` is already running in this folder (pid {holder}); "
                 "wait for it to end or stop it, then rerun"
             ) from None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # locked a file its holder had just removed: take the current one
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
+        # Removed while still held, so that no one can lock the old file after this; a run
+        # killed before this point leaves the file, which the next run simply locks again.
+        path.unlink(missing_ok=True)
         os.close(fd)
+        with contextlib.suppress(OSError):
+            LOCKS.rmdir()  # only if no other run holds a lock in it

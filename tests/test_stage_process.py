@@ -153,6 +153,17 @@ def test_a_second_run_of_the_same_stage_is_refused_in_one_line(trained_once):
     )
     assert _outputs() == before
     assert _temp_files() == []
+    # The holder is gone (its lock file stays, as after a kill -9): the next run takes the lock,
+    # and a finished run leaves no lock file behind.
+    _short_params("short.yaml")
+    assert _pipeline("train", "birnn", "--seed", "7", "--params", "short.yaml").returncode == 0
+    assert not LOCK.parent.exists()
+
+
+def _short_params(path: str) -> None:
+    raw = yaml.safe_load(Path("params.yaml").read_text())
+    raw["train"].update(max_epochs=2, patience=2)
+    Path(path).write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
 def test_two_real_runs_at_once_one_is_refused_and_other_seeds_run(trained_once):
@@ -167,9 +178,7 @@ def test_two_real_runs_at_once_one_is_refused_and_other_seeds_run(trained_once):
     assert second.stderr.count("\n") == 1
     assert f"is already running in this folder (pid {first.pid})" in second.stderr
     # Another seed is another output set: not refused (its params are made short again first).
-    raw = yaml.safe_load(Path("params.yaml").read_text())
-    raw["train"].update(max_epochs=2, patience=2)
-    Path("other.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    _short_params("other.yaml")
     assert _pipeline("train", "birnn", "--seed", "8", "--params", "other.yaml").returncode == 0
     first.terminate()
     assert first.wait(timeout=60) == 130
