@@ -14,6 +14,7 @@ from typing import Annotated, TypeVar
 
 import typer
 
+from pipeline import process
 from pipeline.errors import UserError
 
 app = typer.Typer(
@@ -62,14 +63,40 @@ def _guard(work: Callable[[], T]) -> T:
         raise typer.Exit(130) from None
 
 
-def _run_stage(stage: str, params: Path, sections: tuple[str, ...], *args: object) -> None:
-    """Validate params first, then import the stage (torch and friends load only when needed)."""
+def _run_stage(stage: str, params: Path, sections: tuple[str, ...], *args: object, run: str = "") -> None:
+    """Validate params first, then import the stage (torch and friends load only when needed).
+
+    `run` names the output set in the lock that keeps a second run of the same stage out.
+    """
 
     def work() -> None:
         from pipeline import params as params_module
 
+        process.stop_with_parent()
         loaded = params_module.load(params, sections)
-        importlib.import_module(f"pipeline.{stage}").run(loaded, *args)
+        with process.exclusive(run or stage):
+            importlib.import_module(f"pipeline.{stage}").run(loaded, *args)
+
+    _guard(work)
+
+
+# Written by check-params, the first DVC stage, which every other stage follows. Its content
+# never changes, so a params change reruns only the stages that read the changed section.
+PARAMS_CHECKED = Path("data/params.ok")
+
+
+@app.command("check-params")
+def check_params(params: ParamsPath = Path("params.yaml")) -> None:
+    """Validate every section of params.yaml; as the first DVC stage, before any output is removed."""
+
+    def work() -> None:
+        from pipeline import io
+        from pipeline import params as params_module
+
+        params_module.load(params)
+        io.write_text(
+            PARAMS_CHECKED, "Every section of the params file was valid; written by `pipeline check-params`.\n"
+        )
 
     _guard(work)
 
@@ -93,7 +120,7 @@ def train(
     params: ParamsPath = Path("params.yaml"),
 ) -> None:
     """Train one run of a model: models/<model>/seed<S>.pt with its learning curves and summary."""
-    _run_stage("train", params, ("train", model.value), model.value, seed)
+    _run_stage("train", params, ("train", model.value), model.value, seed, run=f"train {model.value} --seed {seed}")
 
 
 @app.command()
@@ -102,7 +129,7 @@ def publish(
     params: ParamsPath = Path("params.yaml"),
 ) -> None:
     """Copy the first seed's run of a model to models/<model>.pt, the checkpoint predict serves."""
-    _run_stage("publish", params, ("train",), model.value)
+    _run_stage("publish", params, ("train",), model.value, run=f"publish {model.value}")
 
 
 @app.command()

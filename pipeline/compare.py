@@ -65,7 +65,7 @@ def mcnemar_exact(b: int, c: int) -> dict[str, Any]:
 
 def paired_t(after: list[float], before: list[float]) -> dict[str, Any]:
     """Paired t-test of after - before across seeds; p is None where it is undefined."""
-    diffs = [a - b for a, b in zip(after, before)]
+    diffs = [a - b for a, b in zip(after, before, strict=True)]
     mean = statistics.fmean(diffs)
     result: dict[str, Any] = {"mean_difference": _round(mean), "seeds": len(diffs), "t": None, "p_value": None}
     if len(diffs) < 2:
@@ -121,23 +121,28 @@ def read_predictions(name: str) -> list[tuple[str, str]]:
 def discordant(before: list[tuple[str, str]], after: list[tuple[str, str]]) -> tuple[int, int]:
     """b: test documents only `before` got right; c: only `after` got right."""
     if [a for a, _ in before] != [a for a, _ in after]:
-        raise UserError(f"{PREDICTIONS}: the models' predictions cover different test documents; rerun `pipeline evaluate`")
-    b = sum(pa == a and pb != a for (a, pa), (_, pb) in zip(before, after))
-    c = sum(pa != a and pb == a for (a, pa), (_, pb) in zip(before, after))
+        raise UserError(
+            f"{PREDICTIONS}: the models' predictions cover different test documents; rerun `pipeline evaluate`"
+        )
+    b = sum(pa == a and pb != a for (a, pa), (_, pb) in zip(before, after, strict=True))
+    c = sum(pa != a and pb == a for (a, pa), (_, pb) in zip(before, after, strict=True))
     return b, c
 
 
 def spread(values: list[float]) -> dict[str, float]:
     """Mean, sample standard deviation (0 for one seed), min and max."""
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return {"mean": _round(statistics.fmean(values)), "sd": _round(sd), "min": _round(min(values)), "max": _round(max(values))}
+    return {
+        "mean": _round(statistics.fmean(values)),
+        "sd": _round(sd),
+        "min": _round(min(values)),
+        "max": _round(max(values)),
+    }
 
 
 def summarise(runs: dict[str, dict]) -> dict[str, Any]:
     """{split: {score: spread}, "gap": spread} across a model's seeds."""
-    summary: dict[str, Any] = {
-        s: {m: spread([run[s][m] for run in runs.values()]) for m in SCORES} for s in SPLITS
-    }
+    summary: dict[str, Any] = {s: {m: spread([run[s][m] for run in runs.values()]) for m in SCORES} for s in SPLITS}
     summary["gap"] = spread([run["train"]["accuracy"] - run["val"]["accuracy"] for run in runs.values()])
     return summary
 
@@ -155,7 +160,13 @@ def check_targets(runs: dict[str, dict], targets: Targets, ratio: float) -> dict
     for key, (values, threshold, ok) in checks.items():
         mean = _round(statistics.fmean(values))  # decided on the value that is shown
         met_by = sum(ok(v) for v in values) if key != "max_parameter_ratio" else len(runs) * ok(ratio)
-        result[key] = {"value": _round(mean), "threshold": threshold, "met": ok(mean), "seeds_met": met_by, "seeds": len(runs)}
+        result[key] = {
+            "value": _round(mean),
+            "threshold": threshold,
+            "met": ok(mean),
+            "seeds_met": met_by,
+            "seeds": len(runs),
+        }
     return result
 
 
@@ -175,6 +186,7 @@ def build(params: Params) -> tuple[dict, dict]:
         return [scores[name][str(s)][split]["accuracy"] for s in seeds]
 
     b, c = discordant(read_predictions("baseline"), read_predictions("birnn"))
+
     def headline_of(name: str) -> dict:
         # A reference is one deterministic fit: its value alone; a model: mean and sd over seeds.
         keys = ("mean", "sd") if name in MODELS else ("mean",)
@@ -187,8 +199,10 @@ def build(params: Params) -> tuple[dict, dict]:
     headline = {
         "seeds": len(seeds),
         **{name: headline_of(name) for name in summaries},
-        "targets": {name: {k: {"value": t["value"], "met": t["met"], "seeds_met": t["seeds_met"]} for k, t in ts.items()}
-                    for name, ts in targets.items()},
+        "targets": {
+            name: {k: {"value": t["value"], "met": t["met"], "seeds_met": t["seeds_met"]} for k, t in ts.items()}
+            for name, ts in targets.items()
+        },
     }
     details = {
         "seeds": list(seeds),
@@ -198,7 +212,9 @@ def build(params: Params) -> tuple[dict, dict]:
         "targets": targets,
         "parameters": {**{name: sizes[name] for name in MODELS}, "ratio": ratios},
         "paired_t_test": {
-            f"{after}_vs_{before}": {split: paired_t(per_seed(after, split), per_seed(before, split)) for split in ("val", "test")}
+            f"{after}_vs_{before}": {
+                split: paired_t(per_seed(after, split), per_seed(before, split)) for split in ("val", "test")
+            }
             for after, before in (("birnn", "baseline"), ("stacked", "birnn"))
         },
         "mcnemar_test": {"birnn_vs_baseline": mcnemar_exact(b, c), "seed": seeds[0]},
@@ -215,13 +231,11 @@ def run(params: Params) -> None:
     drawn = figures.write(
         FIGURES,
         curves={
-            m: [io.read_learning_curves(layout.run_curves(m, s), *curves) for s in params.train.seeds]
-            for m in MODELS
+            m: [io.read_learning_curves(layout.run_curves(m, s), *curves) for s in params.train.seeds] for m in MODELS
         },
         predictions={m: read_predictions(m) for m in (*MODELS, *REFERENCES)},
         seed_scores={
-            m: [{s: run[s]["accuracy"] for s in SPLITS} for run in details["per_seed"][m].values()]
-            for m in MODELS
+            m: [{s: run[s]["accuracy"] for s in SPLITS} for run in details["per_seed"][m].values()] for m in MODELS
         },
     )
     embedded = [f"![{alt}]({path.relative_to(layout.METRICS).as_posix()})\n" for alt, path in drawn.items()]

@@ -19,6 +19,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from pipeline import process
 from pipeline.errors import UserError
 
 # A collective that waits longer than this has lost a peer: fail instead of hanging.
@@ -68,7 +69,8 @@ def launch(argv: list[str], processes: int) -> None:
     """Run `python -m pipeline <argv>` in `processes` workers under torchrun on this machine.
 
     Worker output streams through; a failure becomes one line: a worker's own `error: ...`
-    line where it printed one (a UserError), otherwise which rank died and how.
+    line where it printed one (a UserError), otherwise which rank died and how. The workers
+    end with this process (pipeline.process), and an interrupt here stops torchrun first.
     """
     command = [
         sys.executable,
@@ -83,8 +85,17 @@ def launch(argv: list[str], processes: int) -> None:
         *argv,
     ]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env[process.GUARDIAN] = process.identity(os.getpid()) or ""
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
-    _, stderr = proc.communicate()
+    try:
+        _, stderr = proc.communicate()
+    except BaseException:
+        proc.terminate()  # torchrun passes SIGTERM on to its workers, which clean up and exit
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
     if proc.returncode == 0:
         return
     own = [line for line in stderr.splitlines() if line.startswith("error: ")]

@@ -8,7 +8,7 @@ The references are fitted on the training split:
 - `reference_tokens`: exactly what the RNNs read, the truncated ids of the .npz files
   mapped back to their vocabulary words (`<unk>` included): like for like.
 
-Writes, each atomically and only after everything was computed:
+Writes, only after everything was computed, each folder as one generation (io.publish_dir):
 - metrics/scores/<name>.json: {"seeds": {"<S>": {"train": {...}, "val": {...}, "test": {...}}},
   "trainable_parameters": n, "served_seed": S} (a reference has the one "seed" 0), floats
   rounded to 6 digits so the same inputs give the same bytes;
@@ -206,6 +206,8 @@ def run(params: Params) -> None:
         "reference_tokens", seen, truth, labels, p.reference, pretokenised=True
     )
 
-    for name, result in results.items():
-        io.write_json(SCORES / f"{name}.json", result)
-        io.write_json(PREDICTIONS / f"{name}.json", predictions[name])
+    # Each folder is swapped in whole: never one model's new scores beside another's old ones.
+    with io.publish_dir(SCORES) as scores_dir, io.publish_dir(PREDICTIONS) as predicted:
+        for name, result in results.items():
+            io.write_json(scores_dir / f"{name}.json", result)
+            io.write_json(predicted / f"{name}.json", predictions[name])

@@ -29,7 +29,6 @@ import numpy as np
 
 from pipeline.errors import UserError
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -161,7 +160,7 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
 
 
 def read_json(path: str | Path, what: str) -> Any:
@@ -308,8 +307,7 @@ class NpzWriter:
         dtype = np.dtype(dtype)
         rows = 0
         with self._zip.open(f"{name}.npy", "w", force_zip64=True) as fh:
-            header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
-                      "shape": shape}
+            header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
             np.lib.format.write_array_header_1_0(fh, header)
 
             def write(block: np.ndarray) -> None:
@@ -365,22 +363,28 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     import torch
 
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(path.glob("*.pt"))
+        example = f", e.g. {inside[0]}" if inside else " (a .pt file)"
+        raise UserError(f"{path}: is a folder; give the checkpoint file itself{example}")
     if not path.is_file():
-        raise UserError(f"{path}: model checkpoint not found; run `dvc repro` to train it")
+        # Only the pipeline's own checkpoints are made by `dvc repro`.
+        made_here = path.parts[:1] == ("models",)
+        raise UserError(f"{path}: model checkpoint not found" + ("; run `dvc repro` to train it" if made_here else ""))
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path}: not a readable checkpoint (not the zip archive that torch.save writes)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        # torch's message is a page of advice; keep the line that names what was refused.
-        reason = next(
-            (line.strip() for line in str(exc).splitlines() if "Unsupported" in line or "error:" in line),
-            "not a plain-tensor checkpoint",
-        )
-        raise UserError(f"{path}: refused, the checkpoint holds more than tensors ({reason})") from None
-    except Exception as exc:  # a damaged file makes the unpickler fail in any way: KeyError, IndexError, ...
+        # torch's message is a page of advice; keep the phrase that names the problem.
+        found = re.search(r"WeightsUnpickler error:\s*(.+)", str(exc))
+        reason = found.group(1).strip().split(" was not", 1)[0] if found else "not a plain-tensor checkpoint"
+        if reason.startswith("Unsupported global"):
+            raise UserError(f"{path}: refused, the checkpoint holds more than tensors ({reason})") from None
+        raise UserError(f"{path}: not a readable checkpoint, its contents are damaged ({reason})") from None
+    except Exception as exc:  # a damaged archive fails anywhere in torch's reader, with any type
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: not a readable checkpoint ({first})") from None
+        raise UserError(f"{path}: not a readable checkpoint ({first.split('. ')[0][:160]})") from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
-        raise UserError(
-            f"{path}: not a pipeline checkpoint (expected keys: {', '.join(CHECKPOINT_KEYS)})"
-        )
+        raise UserError(f"{path}: not a pipeline checkpoint (expected keys: {', '.join(CHECKPOINT_KEYS)})")
     return ckpt

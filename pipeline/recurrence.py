@@ -20,6 +20,7 @@ design; every readout masks them.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import sys
@@ -67,7 +68,13 @@ def _build(load):
     copy = folder / "recurrence.cpp"
     if not copy.exists() or copy.read_bytes() != source:
         io.write_bytes(copy, source)
-    return load(name=name, sources=[str(copy)], build_directory=str(folder), extra_cflags=["-O3", "-march=native"])
+    # torch guards a build with a `lock` file that a killed process leaves behind, and every
+    # later load then waits for it forever. Under this flock, which the kernel releases
+    # however its holder ends, no other process is loading: a `lock` file found is stale.
+    with open(folder / "pipeline.lock", "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        (folder / "lock").unlink(missing_ok=True)
+        return load(name=name, sources=[str(copy)], build_directory=str(folder), extra_cflags=["-O3", "-march=native"])
 
 
 _KERNEL: ModuleType | bool | None = None  # False: tried and unavailable

@@ -18,15 +18,14 @@ batch_size / N, gradients averaged by DistributedDataParallel.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict
-from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -70,8 +69,7 @@ def train_one_epoch(
         value = batch_loss.item()
         if not math.isfinite(value):
             raise UserError(
-                f"training diverged: the loss became {value} after {seen} examples; "
-                "lower train.lr or check the data"
+                f"training diverged: the loss became {value} after {seen} examples; lower train.lr or check the data"
             )
         loss_total += value * len(labels)
         seen += len(labels)
@@ -90,8 +88,8 @@ def score_shard(model: nn.Module, split: Split, world: World, device: torch.devi
         logits = model(ids.to(device, non_blocking=True), lengths).float().cpu()
         loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
         correct += int((logits.argmax(1) == labels).sum())
-    loss_sum, correct, count = distributed.all_sum([loss_sum, correct, len(index)], world, device)
-    return {"loss": loss_sum / count, "accuracy": correct / count}
+    total_loss, total_correct, count = distributed.all_sum([loss_sum, correct, len(index)], world, device)
+    return {"loss": total_loss / count, "accuracy": total_correct / count}
 
 
 def _make_optimizer(model: nn.Module, t: TrainParams) -> torch.optim.Optimizer:
@@ -129,7 +127,8 @@ def _epoch_batches(train: Split, t: TrainParams, seed: int, epoch: int, world: W
 
     Every rank shuffles with the same seed, so all ranks take the same number of batches.
     """
-    sampler = DistributedSampler(range(len(train)), world.size, world.rank, shuffle=True, seed=seed)
+    indices: Any = range(len(train))  # any sized sequence serves as DistributedSampler's dataset
+    sampler: DistributedSampler = DistributedSampler(indices, world.size, world.rank, shuffle=True, seed=seed)
     sampler.set_epoch(epoch)
     shard = torch.tensor(list(sampler))
     per_rank = None if t.batch_size is None else t.batch_size // world.size
@@ -170,8 +169,8 @@ def fit(
             running_loss, tokens = train_one_epoch(net, train, batches, optimizer, t.grad_clip, device)
             seconds = time.perf_counter() - start
             train_m, val_m = score_shard(model, train, world, device), score_shard(model, val, world, device)
-            running_loss, tokens = distributed.all_sum([running_loss / world.size, tokens], world, device)
-            tokens_total, seconds_total, epochs_run = tokens_total + tokens, seconds_total + seconds, epoch
+            running_loss, all_tokens = distributed.all_sum([running_loss / world.size, tokens], world, device)
+            tokens_total, seconds_total, epochs_run = tokens_total + int(all_tokens), seconds_total + seconds, epoch
             if live is not None:
                 live.step = epoch  # the plots' x axis counts epochs from 1, like the log lines
                 for split, m in (("train", train_m), ("val", val_m)):
@@ -186,7 +185,9 @@ def fit(
             bad_epochs = 0 if improved else bad_epochs + 1
             if improved or not early_stopping:
                 kept = {
-                    "epoch": epoch, "val_loss": val_m["loss"], "state": copy.deepcopy(model.state_dict()),
+                    "epoch": epoch,
+                    "val_loss": val_m["loss"],
+                    "state": copy.deepcopy(model.state_dict()),
                     "scores": {"train_accuracy": train_m["accuracy"], "val_accuracy": val_m["accuracy"]},
                 }
             progress.epoch(
@@ -240,16 +241,19 @@ def run(params: Params, name: str, seed: int) -> None:
 
 
 def _train_and_publish(model, cfg, train, val, params, name, seed, world, vocab, labels, stats) -> dict:
-    """Fit, then (rank 0) write the checkpoint, the summary and the curves, all at the end."""
+    """Fit, then (rank 0) write the checkpoint, the summary and the curves, all at the end.
+
+    DVCLive writes the curves into the unpublished folder that io.publish_dir swaps in last,
+    so a stopped run leaves no partial curves beside the previous model.
+    """
     t = params.train
-    curves = layout.run_curves(name, seed)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{curves.name}.", dir=_parent(curves))) if world.main else None
-    try:
+    publish = io.publish_dir(layout.run_curves(name, seed)) if world.main else contextlib.nullcontext()
+    with publish as curves:
         live = None
         if world.main:
             from dvclive import Live
 
-            live = Live(dir=str(scratch), save_dvc_exp=False, dvcyaml=None)
+            live = Live(dir=str(curves), save_dvc_exp=False, dvcyaml=None)
         try:
             early = params.model(name).early_stopping
             summary = fit(model, train, val, t, seed, layout.run_name(name, seed), early, live, world)
@@ -257,8 +261,12 @@ def _train_and_publish(model, cfg, train, val, params, name, seed, world, vocab,
             if live is not None:
                 live.end()
         summary = {
-            "model": name, "seed": seed, "trainable_parameters": count_parameters(model),
-            "processes": world.size, "threads": torch.get_num_threads(), **summary,
+            "model": name,
+            "seed": seed,
+            "trainable_parameters": count_parameters(model),
+            "processes": world.size,
+            "threads": torch.get_num_threads(),
+            **summary,
         }
         if world.main:
             checkpoint = {
@@ -274,18 +282,4 @@ def _train_and_publish(model, cfg, train, val, params, name, seed, world, vocab,
             }
             io.save_checkpoint(layout.run_checkpoint(name, seed), checkpoint)
             io.write_json(layout.run_summary(name, seed), summary)
-            old = curves.with_name(f".{curves.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            if curves.exists():
-                curves.rename(old)
-            scratch.rename(curves)
-            scratch = old
-        return summary
-    finally:
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _parent(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.parent
+    return summary

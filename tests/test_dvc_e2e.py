@@ -28,8 +28,9 @@ def _runs(models=MODELS, seeds=SEEDS) -> set[str]:
     return {f"train@{m}-{s}" for m in models for s in seeds}
 
 
-ALL_STAGES = {"download", "prepare", *_runs(), *(f"publish@{m}" for m in MODELS), "evaluate", "compare"}
-AFTER_BIRNN = {*_runs(["birnn"]), "publish@birnn", "evaluate", "compare"}
+# check-params runs first on any change to params.yaml; its output never changes.
+ALL_STAGES = {"check-params", "download", "prepare", *_runs(), *(f"publish@{m}" for m in MODELS), "evaluate", "compare"}
+AFTER_BIRNN = {"check-params", *_runs(["birnn"]), "publish@birnn", "evaluate", "compare"}
 
 
 def _make_repo(repo: Path) -> dict[str, str]:
@@ -139,7 +140,7 @@ def test_dvc_repro_seeds_metrics_and_plots(tmp_path):
     # 2. A BiRNN param: only the BiRNN's runs are stale; they and what reads them rerun.
     baseline_and_stacked = {**_bytes(repo, "models/baseline/seed*.pt"), **_bytes(repo, "models/stacked/seed*.pt")}
     _edit_params(repo, lambda raw: raw["birnn"].update(dropout=0.2))
-    assert set(json.loads(dvc("status", "--json"))) == _runs(["birnn"])
+    assert set(json.loads(dvc("status", "--json"))) == {"check-params", *_runs(["birnn"])}
     assert _ran(dvc("repro")) == AFTER_BIRNN
     assert {
         **_bytes(repo, "models/baseline/seed*.pt"),
@@ -166,7 +167,9 @@ def test_dvc_repro_seeds_metrics_and_plots(tmp_path):
     ran = _ran(dvc("repro"))
     assert {stage for stage in ran if stage.startswith("train@")} == _runs(seeds=[9])
     assert (
-        {"evaluate", "compare"} <= ran <= _runs(seeds=[9]) | {f"publish@{m}" for m in MODELS} | {"evaluate", "compare"}
+        {"evaluate", "compare"}
+        <= ran
+        <= _runs(seeds=[9]) | {f"publish@{m}" for m in MODELS} | {"check-params", "evaluate", "compare"}
     )
     assert {k: v for k, v in _bytes(repo, "models/*/seed*.pt").items() if "seed9" not in k} == trained
     assert _bytes(repo, "models/*.pt") == served

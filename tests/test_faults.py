@@ -1,0 +1,230 @@
+"""Faults under the real `dvc repro`, on the tiny corpus in a temporary git repo.
+
+- A params typo, in params.yaml or through `dvc exp run -S`, costs nothing: one line naming the
+  key, and every output byte for byte as it was (DVC removes a stage's outputs before running it,
+  so the check must come first: the check-params stage).
+- Each stage is killed with SIGKILL at seeded random moments (and `dvc repro` itself, with
+  SIGKILL and SIGTERM, while it trains): after every kill no process of the stage is left, and
+  every output present is the uninterrupted run's, byte for byte; then `dvc repro` finishes with
+  every output identical to the uninterrupted run's and no temp file anywhere.
+
+Timing fields (seconds, tokens per second) are the only bytes allowed to differ between runs.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from test_dvc_e2e import BIN, _make_repo, _runner
+
+pytestmark = pytest.mark.e2e
+
+OUTPUTS = ("data", "models", "metrics", "dvclive")
+TIMING = ("train_seconds", "tokens_per_second", "seconds_per_epoch")
+SHELLS = ("sh", "dash", "bash", "zsh")
+# Each stage and how many kill points it gets, at moments up to `span` seconds after it starts
+# (a point past its end lets it finish). A train run is where most of the time goes.
+PLAN = {
+    "check-params": (1, 0.5),
+    "download": (2, 0.6),
+    "prepare": (2, 0.8),
+    "train@birnn-7": (3, 4.0),
+    "train@stacked-8": (2, 3.5),
+    "publish@birnn": (2, 0.4),
+    "evaluate": (2, 4.5),
+    "compare": (2, 2.5),
+}
+
+
+def _init(repo: Path):
+    repo.mkdir(parents=True)
+    env = _make_repo(repo)
+    sh = _runner(repo, env)
+    sh("git", "init", "-q")
+    sh(str(BIN / "dvc"), "init", "-q")
+    (repo / ".dvc" / "config").write_text("[core]\n    analytics = false\n    check_update = false\n")
+    sh("git", "add", "-A")
+    sh("git", "commit", "-qm", "tiny project")
+    return env, sh
+
+
+def _normalised(path: Path) -> bytes:
+    """A file's bytes, with the timing fields of training summaries and curves taken out."""
+    if path.name == "seconds_per_epoch.tsv":
+        return b"<timing>"
+    if path.suffix == ".json" and ("metrics/train" in path.as_posix() or "dvclive" in path.as_posix()):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.dumps({k: v for k, v in data.items() if k not in TIMING}, sort_keys=True).encode()
+    return path.read_bytes()
+
+
+def _snapshot(repo: Path, hidden: bool = True) -> dict[str, bytes]:
+    """Every file and folder under the outputs' folders; without `hidden`, none whose name starts
+    with a dot (temp files and folders, which a SIGKILL leaves for the next run to remove)."""
+    entries = {}
+    for folder in OUTPUTS:
+        for path in sorted((repo / folder).rglob("*")):
+            parts = path.relative_to(repo).parts
+            # DVC's own: a failed `dvc repro` takes back the .gitignore lines of the stages it
+            # did finish (treeverse/dvc#11091), whoever stopped it.
+            if path.name == ".gitignore" or (not hidden and any(part.startswith(".") for part in parts)):
+                continue
+            entries["/".join(parts)] = _normalised(path) if path.is_file() else b"<folder>"
+    return entries
+
+
+def _strays(repo: Path) -> list[str]:
+    """Temp files and folders anywhere in the project, outside git's and DVC's own."""
+    return [
+        str(p.relative_to(repo))
+        for p in repo.rglob(".*")
+        if p.name.endswith((".tmp", ".old")) and not {".git", ".dvc"} & set(p.relative_to(repo).parts)
+    ]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """An uninterrupted `dvc repro`, committed: the outputs every faulted run must end with."""
+    repo = tmp_path_factory.mktemp("faults") / "reference"
+    env, sh = _init(repo)
+    sh(str(BIN / "dvc"), "repro")
+    sh("git", "add", "-A")
+    sh("git", "commit", "-qm", "reference run")
+    return repo, env
+
+
+def _copy(reference, tmp_path) -> tuple[Path, dict[str, str]]:
+    repo, env = reference
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy, symlinks=True)
+    return copy, {**env, "PYTHONPATH": str(copy)}
+
+
+def _all_files(repo: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(repo)): p.read_bytes()
+        for p in sorted(repo.rglob("*"))
+        if p.is_file()
+        and ".git" not in p.relative_to(repo).parts[:1]
+        and p.relative_to(repo).parts[:2] != (".dvc", "tmp")
+    }
+
+
+@pytest.mark.parametrize("how", ["edit params.yaml", "dvc exp run -S"])
+def test_a_params_typo_through_dvc_costs_nothing(reference, tmp_path, how):
+    repo, env = _copy(reference, tmp_path)
+    before = _all_files(repo)
+    if how == "edit params.yaml":
+        text = (repo / "params.yaml").read_text()
+        (repo / "params.yaml").write_text(
+            text.replace("birnn:\n  cell: rnn\n", "birnn:\n  cell: rnn\n  dropuot: 0.4\n", 1)
+        )
+        command = [str(BIN / "dvc"), "repro"]
+    else:
+        command = [str(BIN / "dvc"), "exp", "run", "-S", "+birnn.dropuot=0.4"]
+    assert "dropuot" not in before["params.yaml"].decode()
+    done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    ours = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("error: ")]
+    assert ours == [
+        "error: birnn.dropuot: unknown key (allowed: cell, embed_dim, hidden_dim, num_layers, bidirectional, "
+        "dropout, word_dropout, readout, early_stopping)"
+    ]
+    output = done.stdout + done.stderr
+    assert "Running stage 'check-params'" in output
+    assert "Running stage 'train" not in output
+    after = _all_files(repo)
+    assert "dropuot" in after.pop("params.yaml").decode()
+    before.pop("params.yaml")
+    assert after == before  # models, metrics, curves, dvc.lock: byte for byte
+
+
+def _stage_process(dvc: subprocess.Popen, stage: str, timeout: float = 300) -> psutil.Process | None:
+    """The running `pipeline` process of `stage` under this `dvc repro`, or None if dvc ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            for child in psutil.Process(dvc.pid).children(recursive=True):
+                try:
+                    if child.name() not in SHELLS and child.environ().get("DVC_STAGE") == stage:
+                        return child
+                except psutil.Error:
+                    continue
+        except psutil.NoSuchProcess:
+            pass
+        if dvc.poll() is not None:
+            return None
+        time.sleep(0.02)
+    raise AssertionError(f"{stage} never started")
+
+
+def _left_running(stage: str) -> list[psutil.Process]:
+    left = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("DVC_STAGE") == stage and proc.status() != psutil.STATUS_ZOMBIE:
+                left.append(proc)
+        except psutil.Error:
+            continue
+    return left
+
+
+def _kill_once(repo: Path, env: dict[str, str], stage: str, delay: float, victim: str) -> None:
+    """`dvc repro <stage>`; `delay` s into the stage, send a signal to the stage or to dvc."""
+    dvc = subprocess.Popen(
+        [str(BIN / "dvc"), "repro", stage],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        process = _stage_process(dvc, stage)
+        if process is not None:
+            time.sleep(delay)
+            if victim == "stage":
+                try:
+                    process.send_signal(signal.SIGKILL)
+                except psutil.NoSuchProcess:
+                    pass  # it finished first: a kill point past its end
+            else:
+                dvc.send_signal(getattr(signal, victim))
+        dvc.wait(timeout=600)
+        deadline = time.monotonic() + 30
+        while left := _left_running(stage):
+            assert time.monotonic() < deadline, f"{stage} outlived `dvc repro` ({victim}): {left}"
+            time.sleep(0.1)
+    finally:
+        if dvc.poll() is None:
+            dvc.kill()
+            dvc.wait()
+
+
+def test_killed_stages_leave_no_trace_and_dvc_repro_finishes_identically(reference, tmp_path):
+    repo = tmp_path / "repo"
+    env, sh = _init(repo)
+    env = {**env, "PYTHONPATH": str(repo)}
+    expected = _snapshot(reference[0])
+    rng = random.Random(20260)
+    for stage, (points, span) in PLAN.items():
+        delays = sorted(rng.uniform(0.0, span) for _ in range(points))
+        victims = ["stage"] * points
+        if stage == "train@birnn-7":  # `dvc repro` itself killed while it trains
+            delays, victims = [2.0, 2.0, *delays], ["SIGKILL", "SIGTERM", *victims]
+        for delay, victim in zip(delays, victims, strict=True):
+            _kill_once(repo, env, stage, delay, victim)
+            present = _snapshot(repo, hidden=False)
+            mixed = [path for path, data in present.items() if expected.get(path) != data]
+            assert mixed == [], f"after killing {stage} ({victim}) at {delay:.2f} s: not the reference's: {mixed}"
+    sh(str(BIN / "dvc"), "repro")
+    assert _snapshot(repo) == expected
+    assert "Data and pipelines are up to date" in sh(str(BIN / "dvc"), "status")
+    assert _strays(repo) == []
