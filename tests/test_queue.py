@@ -97,6 +97,7 @@ def test_two_queued_experiments_run_in_two_workers_with_one_thread_each(tmp_path
     for hidden_dim in (4, 12):
         # Each trained the BiRNN only, the rest coming from the cache, in one thread.
         assert ran(sh(DVC, "queue", "logs", experiments[hidden_dim]["name"])) == {
+            "check-params",
             "train@birnn-7",
             "publish@birnn",
             "evaluate",
