@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import io
+from pipeline import checkpoints, io
 from pipeline import params as params_module
 from pipeline.inputs import read_texts
 from pipeline.models import ModelConfig, RNNClassifier
@@ -59,7 +59,7 @@ def synthetic_classifier(folder: Path, seed: int = 0) -> Classifier:
         "epoch": 0,
         "best_val_loss": float("nan"),
     }
-    io.save_checkpoint(folder / "birnn.pt", checkpoint)
+    checkpoints.save_checkpoint(folder / "birnn.pt", checkpoint)
     return load_classifier(folder / "birnn.pt", folder / "vocab.json")
 
 

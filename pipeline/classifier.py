@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline import io, layout
+from pipeline import checkpoints, io, layout
 from pipeline.errors import UserError
 from pipeline.models import ModelConfig, RNNClassifier
 from pipeline.params import MODELS
@@ -39,7 +39,7 @@ def load_classifier(checkpoint: Path, vocab_path: Path | None = None, device: to
 
     `vocab_path`, if given, must be the vocabulary file the checkpoint was trained with.
     """
-    ckpt = io.load_checkpoint(checkpoint)
+    ckpt = checkpoints.load_checkpoint(checkpoint)
     tokens = ckpt.get("vocab")
     if tokens is None:
         raise UserError(f"{checkpoint}: holds no vocabulary (saved by an older version); retrain it with `dvc repro`")

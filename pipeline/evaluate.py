@@ -33,7 +33,7 @@ from sklearn.metrics import (
 )
 from threadpoolctl import threadpool_limits
 
-from pipeline import io, layout
+from pipeline import checkpoints, io, layout
 from pipeline.data import Split, load_split, split_logits
 from pipeline.errors import UserError
 from pipeline.models import ModelConfig, RNNClassifier, count_parameters
@@ -76,7 +76,7 @@ def split_metrics(y_true: np.ndarray, proba: np.ndarray, labels: list[str]) -> d
 
 def load_model(path: Path, labels: list[str], vocab_sha256: str, encoding: dict) -> RNNClassifier:
     """Load a run's checkpoint, refusing one trained on other prepared data."""
-    ckpt = io.load_checkpoint(path)
+    ckpt = checkpoints.load_checkpoint(path)
     if ckpt["vocab_sha256"] != vocab_sha256:
         raise UserError(f"{path}: trained on another vocabulary than {PREPARED}/vocab.json; {RETRAIN}")
     if list(ckpt["labels"]) != labels:

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from pipeline import devices, distributed, io, layout
+from pipeline import checkpoints, devices, distributed, io, layout
 from pipeline.data import SCORE_BATCH, Split, bucketed_batches, load_split
 from pipeline.distributed import World
 from pipeline.errors import UserError
@@ -280,6 +280,6 @@ def _train_and_publish(model, cfg, train, val, params, name, seed, world, vocab,
                 "best_val_loss": summary["best_val_loss"],
                 "seed": seed,
             }
-            io.save_checkpoint(layout.run_checkpoint(name, seed), checkpoint)
+            checkpoints.save_checkpoint(layout.run_checkpoint(name, seed), checkpoint)
             io.write_json(layout.run_summary(name, seed), summary)
     return summary

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline import io
+from pipeline import checkpoints
 from pipeline.models import ModelConfig, RNNClassifier
 from pipeline.text import PAD, UNK, Vocab
 
@@ -29,7 +29,7 @@ def save_random_checkpoint(
     cfg = ModelConfig(vocab_size=len(tokens), num_classes=len(labels), **arch)  # type: ignore[arg-type]
     torch.manual_seed(seed)
     model = RNNClassifier(cfg).eval()
-    io.save_checkpoint(
+    checkpoints.save_checkpoint(
         path,
         {
             "model": model.state_dict(),

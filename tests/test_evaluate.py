@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 
 from pipeline import download, evaluate, layout, prepare, train
 from pipeline import params as params_module
+from pipeline.checkpoints import load_checkpoint
 from pipeline.cli import app
 from pipeline.data import load_split
-from pipeline.io import load_checkpoint
 from pipeline.models import ModelConfig, RNNClassifier, predict_logits
 from pipeline.text import UNK, Vocab, tokenise
 

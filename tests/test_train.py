@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from pipeline import download, io, layout, prepare, train
+from pipeline import checkpoints, download, io, layout, prepare, train
 from pipeline.cli import app
 from pipeline.errors import UserError
 from pipeline.models import ModelConfig, RNNClassifier, predict_logits
@@ -64,7 +64,7 @@ def test_a_diverging_loss_stops_with_one_line_and_writes_nothing(prepared, monke
 
 def test_checkpoint_round_trips(prepared):
     train.run(prepared, "baseline", 7)
-    ckpt = io.load_checkpoint("models/baseline/seed7.pt")
+    ckpt = checkpoints.load_checkpoint("models/baseline/seed7.pt")
     assert ckpt["labels"] == ["money", "sport", "tech"]
     assert ckpt["vocab_sha256"] == io.sha256_file("data/prepared/vocab.json")
     assert ckpt["vocab"] == json.loads(Path("data/prepared/vocab.json").read_text())["tokens"]
@@ -96,14 +96,14 @@ def test_unsafe_or_foreign_checkpoints_are_refused(tmp_path, content, message):
     path = tmp_path / "model.pt"
     torch.save(content, path)
     with pytest.raises(UserError, match=message):
-        io.load_checkpoint(path)
+        checkpoints.load_checkpoint(path)
 
 
 def test_garbage_checkpoint_is_refused(tmp_path):
     path = tmp_path / "model.pt"
     path.write_bytes(b"PK\x03\x04 this is not a checkpoint")
     with pytest.raises(UserError, match="not a readable checkpoint"):
-        io.load_checkpoint(path)
+        checkpoints.load_checkpoint(path)
 
 
 @pytest.mark.parametrize("name", ["birnn", "stacked"])
@@ -143,7 +143,7 @@ def test_early_stopping_restores_the_best_epoch(prepared, monkeypatch):
 
     summary = json.loads(Path("metrics/train/birnn/seed7.json").read_text())
     assert summary["best_epoch"] == 2 and summary["epochs_run"] == 4  # two epochs without improvement
-    saved = io.load_checkpoint("models/birnn/seed7.pt")
+    saved = checkpoints.load_checkpoint("models/birnn/seed7.pt")
     assert saved["epoch"] == 2 and saved["best_val_loss"] == 0.5
     for key, tensor in saved["model"].items():
         assert torch.equal(tensor, snapshots[1][key]), key
