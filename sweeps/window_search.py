@@ -42,9 +42,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's pipeline package, whatever is installed
 
-from pipeline import io
-from pipeline import params as params_module
-from pipeline.models import ModelConfig, RNNClassifier, count_parameters
+from pipeline import io  # noqa: E402
+from pipeline import params as params_module  # noqa: E402
+from pipeline.models import ModelConfig, RNNClassifier, count_parameters  # noqa: E402
 
 SEEDS = (42, 43, 44)
 SAMPLE_SEED = 20240  # picks the sampled BiRNN settings; change it for a different sample
@@ -53,11 +53,25 @@ WORD_DROPOUT = (0.3, 0.5, 0.7)
 HIDDEN_DIM = (48, 64, 80, 96)  # parameter_ratio drops the widths over the size rule per vocabulary
 # (train.weight_decay, prepare.max_vocab, prepare.max_len): the defaults first, then one step along
 # each axis, then all three towards a smaller, more regularised model.
-CONTEXTS = ((0.3, 1000, 100), (1.0, 1000, 100), (0.1, 1000, 100), (0.3, 500, 100),
-            (0.3, 2000, 100), (0.3, 1000, 50), (0.3, 1000, 200), (1.0, 500, 50))
+CONTEXTS = (
+    (0.3, 1000, 100),
+    (1.0, 1000, 100),
+    (0.1, 1000, 100),
+    (0.3, 500, 100),
+    (0.3, 2000, 100),
+    (0.3, 1000, 50),
+    (0.3, 1000, 200),
+    (1.0, 500, 50),
+)
 SAMPLED = {0: 11}  # sampled BiRNN settings per context (context index: count); others get 3
-KEYS = ("birnn.dropout", "birnn.word_dropout", "birnn.hidden_dim",
-        "train.weight_decay", "prepare.max_vocab", "prepare.max_len")
+KEYS = (
+    "birnn.dropout",
+    "birnn.word_dropout",
+    "birnn.hidden_dim",
+    "train.weight_decay",
+    "prepare.max_vocab",
+    "prepare.max_len",
+)
 CLASSES = 5  # BBC News's topics; each run's parameter count in its summary confirms it
 OUT = ROOT / "sweeps" / "window_search"
 POLL_S = 20
@@ -82,8 +96,20 @@ def parameters(p, hidden_dim: int, max_vocab: int) -> tuple[int, int]:
 
 def configurations(p) -> list[dict]:
     """The defaults first, then per context its default BiRNN and a seeded sample of the grid."""
-    default = dict(zip(KEYS, (p.birnn.dropout, p.birnn.word_dropout, p.birnn.hidden_dim,
-                              p.train.weight_decay, p.prepare.max_vocab, p.prepare.max_len)))
+    default = dict(
+        zip(
+            KEYS,
+            (
+                p.birnn.dropout,
+                p.birnn.word_dropout,
+                p.birnn.hidden_dim,
+                p.train.weight_decay,
+                p.prepare.max_vocab,
+                p.prepare.max_len,
+            ),
+            strict=True,
+        )
+    )
     if tuple(default[k] for k in KEYS[3:]) != CONTEXTS[0]:
         sys.exit("error: CONTEXTS[0] must be params.yaml's (weight_decay, max_vocab, max_len)")
     limit, rng = p.compare.targets.max_parameter_ratio, random.Random(SAMPLE_SEED)
@@ -97,7 +123,7 @@ def configurations(p) -> list[dict]:
         fits = [(d, w, h) for d in DROPOUT for w in WORD_DROPOUT for h in HIDDEN_DIM if ratio(h, context[1]) <= limit]
         anchor = tuple(default[k] for k in KEYS[:3])
         for birnn in (anchor, *rng.sample([c for c in fits if c != anchor], SAMPLED.get(index, 3))):
-            config = dict(zip(KEYS, (*birnn, *context)))
+            config = dict(zip(KEYS, (*birnn, *context), strict=True))
             config["parameters"], config["baseline_parameters"] = parameters(p, birnn[2], context[1])
             config["ratio"] = round(config["parameters"] / config["baseline_parameters"], 4)
             configs.append(config)
@@ -118,7 +144,8 @@ def experiments() -> dict[str, dict]:
             for exp in group.get("revs") or []:
                 data = exp.get("data") or {}
                 found[exp.get("name") or group.get("name")] = {
-                    "rev": exp.get("rev"), "failed": failed or bool(exp.get("error")),
+                    "rev": exp.get("rev"),
+                    "failed": failed or bool(exp.get("error")),
                     "params": (data.get("params") or {}).get("params.yaml", {}).get("data", {}),
                 }
     return found
@@ -157,8 +184,15 @@ def run_queue(todo: list[tuple[str, dict]], extra: list[str], seeds, jobs: int) 
     env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".dvc" / "tmp" / "torch_extensions"))
     log = ROOT / ".dvc" / "tmp" / "window_search.log"
     with open(log, "a") as out:  # the workers inherit this file: a pipe would never close
-        subprocess.run(("dvc", "queue", "start", "-j", str(jobs)), cwd=ROOT, env=env,
-                       stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, check=True)
+        subprocess.run(
+            ("dvc", "queue", "start", "-j", str(jobs)),
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=True,
+        )
     names = {name for name, _ in todo}
     while busy(names):
         time.sleep(POLL_S)
@@ -170,32 +204,50 @@ def run_summary(name: str, rev: str, config: dict, seed: int) -> dict:
     text = sh("git", "show", f"{rev}:{path}")
     lock = yaml.safe_load(sh("git", "show", f"{rev}:dvc.lock"))["stages"]
     stage = lock.get(f"train@birnn-{seed}") or {}
-    used = {**{f"birnn.{k}": v for k, v in stage["params"]["params.yaml"]["birnn"].items()},
-            **stage["params"]["params.yaml"], **{f"prepare.{k}": v for k, v in lock["prepare"]["params"]["params.yaml"]["prepare"].items()}}
+    used = {
+        **{f"birnn.{k}": v for k, v in stage["params"]["params.yaml"]["birnn"].items()},
+        **stage["params"]["params.yaml"],
+        **{f"prepare.{k}": v for k, v in lock["prepare"]["params"]["params.yaml"]["prepare"].items()},
+    }
     md5 = next((o["md5"] for o in stage.get("outs", []) if o["path"] == path), None)
     run = json.loads(text)
     if any(used.get(k) != config[k] for k in KEYS) or md5 != hashlib.md5(text.encode()).hexdigest():
         sys.exit(f"error: {name}: {path} is not the output of a run with this configuration")
     if run.get("seed") != seed or run.get("trainable_parameters") != config["parameters"]:
         sys.exit(f"error: {name}: {path} has another seed or size than configured")
-    return {k: run[k] for k in ("best_epoch", "epochs_run", "train_accuracy", "val_accuracy", "best_val_loss", "train_seconds")}
+    return {
+        k: run[k]
+        for k in ("best_epoch", "epochs_run", "train_accuracy", "val_accuracy", "best_val_loss", "train_seconds")
+    }
 
 
 def spread(values: list[float]) -> dict[str, float]:
-    return {"mean": round(statistics.fmean(values), 6), "sd": round(statistics.stdev(values) if len(values) > 1 else 0.0, 6)}
+    return {
+        "mean": round(statistics.fmean(values), 6),
+        "sd": round(statistics.stdev(values) if len(values) > 1 else 0.0, 6),
+    }
 
 
 def summarise(name: str, config: dict, rev: str, seeds, targets) -> dict:
     runs = {str(s): run_summary(name, rev, config, s) for s in seeds}
     val = [r["val_accuracy"] for r in runs.values()]
     train = [r["train_accuracy"] for r in runs.values()]
-    row = {"name": name, "rev": rev, **config, "val_accuracy": spread(val), "train_accuracy": spread(train),
-           "gap": spread([t - v for t, v in zip(train, val)]),
-           "seeds_val_met": sum(v >= targets.min_val_accuracy for v in val),
-           "seeds_train_met": sum(t < targets.max_train_accuracy for t in train), "per_seed": runs}
-    row["meets_both"] = (row["val_accuracy"]["mean"] >= targets.min_val_accuracy
-                         and row["train_accuracy"]["mean"] < targets.max_train_accuracy
-                         and config["ratio"] <= targets.max_parameter_ratio)
+    row = {
+        "name": name,
+        "rev": rev,
+        **config,
+        "val_accuracy": spread(val),
+        "train_accuracy": spread(train),
+        "gap": spread([t - v for t, v in zip(train, val, strict=True)]),
+        "seeds_val_met": sum(v >= targets.min_val_accuracy for v in val),
+        "seeds_train_met": sum(t < targets.max_train_accuracy for t in train),
+        "per_seed": runs,
+    }
+    row["meets_both"] = (
+        row["val_accuracy"]["mean"] >= targets.min_val_accuracy
+        and row["train_accuracy"]["mean"] < targets.max_train_accuracy
+        and config["ratio"] <= targets.max_parameter_ratio
+    )
     return row
 
 
@@ -204,71 +256,97 @@ def decide(rows: list[dict], within: float = 0.02) -> dict:
     meeting = [r for r in rows if r["meets_both"]]
     close = [r for r in meeting if r["val_accuracy"]["mean"] >= best["val_accuracy"]["mean"] - within]
     pick = max(close, key=lambda r: r["val_accuracy"]["mean"]) if close else None
-    return {"best": best["name"], "meeting_both": [r["name"] for r in meeting], "within": within,
-            "proposed_default": pick["name"] if pick else None,
-            "best_meeting": max(meeting, key=lambda r: r["val_accuracy"]["mean"])["name"] if meeting else None}
+    return {
+        "best": best["name"],
+        "meeting_both": [r["name"] for r in meeting],
+        "within": within,
+        "proposed_default": pick["name"] if pick else None,
+        "best_meeting": max(meeting, key=lambda r: r["val_accuracy"]["mean"])["name"] if meeting else None,
+    }
 
 
 def pct(s: dict) -> str:
     return f"{100 * s['mean']:.1f} ± {100 * s['sd']:.1f}"
 
 
-def render(result: dict, top: int = 12) -> str:
-    rows, d, n, t = result["configurations"], result["decision"], len(result["seeds"]), result["targets"]
-    floor, ceiling = f"{100 * t['min_val_accuracy']:g} %", f"{100 * t['max_train_accuracy']:g} %"
+def row_line(i: int, r: dict, n: int) -> str:
+    cells = [
+        i,
+        r["name"] + (" ✓" if r["meets_both"] else ""),
+        *(r[k] for k in KEYS),
+        f"{r['ratio']:.2f}",
+        pct(r["val_accuracy"]),
+        pct(r["train_accuracy"]),
+        f"{100 * r['gap']['mean']:.1f}",
+        f"{r['seeds_val_met']}/{n}",
+        f"{r['seeds_train_met']}/{n}",
+        ", ".join(str(s["best_epoch"]) for s in r["per_seed"].values()),
+    ]
+    return "| " + " | ".join(map(str, cells)) + " |"
+
+
+def verdict(rows: list[dict], d: dict, floor: str, ceiling: str) -> str:
     by_name = {r["name"]: r for r in rows}
-    lines = [(f"| # | experiment | dropout | word dropout | hidden | weight decay | vocab | tokens | size ratio "
-              f"| val acc % | train acc % | gap pp | seeds val ≥ {floor} | seeds train < {ceiling} | kept epochs |"),
-             "|" + "---:|" * 15]
-    for i, r in enumerate(rows, 1):
-        if i <= top or r["meets_both"]:
-            lines.append(
-                f"| {i} | {r['name']}{' ✓' if r['meets_both'] else ''} | {r['birnn.dropout']} | {r['birnn.word_dropout']} "
-                f"| {r['birnn.hidden_dim']} | {r['train.weight_decay']} | {r['prepare.max_vocab']} | {r['prepare.max_len']} "
-                f"| {r['ratio']:.2f} | {pct(r['val_accuracy'])} | {pct(r['train_accuracy'])} | {100 * r['gap']['mean']:.1f} "
-                f"| {r['seeds_val_met']}/{n} | {r['seeds_train_met']}/{n} "
-                f"| {', '.join(str(s['best_epoch']) for s in r['per_seed'].values())} |")
     best = by_name[d["best"]]
+    best_text = f"{best['name']} ({pct(best['val_accuracy'])} % val, {pct(best['train_accuracy'])} % train)"
     if d["proposed_default"]:
         p = by_name[d["proposed_default"]]
-        verdict = (f"**{p['name']} meets both targets on the mean, within {100 * d['within']:g} points of the best mean "
-                   f"val accuracy**: {pct(p['val_accuracy'])} % val and {pct(p['train_accuracy'])} % train, against "
-                   f"{pct(best['val_accuracy'])} % val for {best['name']}. It is the proposed new default.")
-    elif d["best_meeting"]:
+        return (
+            f"**{p['name']} meets both targets on the mean, within {100 * d['within']:g} points of the best mean "
+            f"val accuracy**: {pct(p['val_accuracy'])} % val and {pct(p['train_accuracy'])} % train; the best is "
+            f"{best_text}. It is the proposed new default."
+        )
+    if d["best_meeting"]:
         m = by_name[d["best_meeting"]]
-        verdict = (f"**The ceiling costs accuracy.** {len(d['meeting_both'])} of {len(rows)} configurations meet val ≥ {floor} "
-                   f"and train < {ceiling} on the mean. The best of them, {m['name']}, reaches {pct(m['val_accuracy'])} % "
-                   f"val ({pct(m['train_accuracy'])} % train), {100 * (best['val_accuracy']['mean'] - m['val_accuracy']['mean']):.1f} "
-                   f"points below the best configuration, {best['name']} ({pct(best['val_accuracy'])} % val, "
-                   f"{pct(best['train_accuracy'])} % train); the rule allows {100 * d['within']:g}.")
-    else:
-        verdict = (f"**The ceiling costs accuracy.** None of the {len(rows)} configurations meets val ≥ {floor} and "
-                   f"train < {ceiling} on the mean. The best, {best['name']}, has {pct(best['val_accuracy'])} % val and "
-                   f"{pct(best['train_accuracy'])} % train.")
-    commit = result["commit"][:10]
-    return "\n".join([
-        "# The seed's training window, searched", "",
-        (f"{len(rows)} BiRNN configurations × {n} seeds ({', '.join(map(str, result['seeds']))}), made by `make sweep` "
-        f"(sweeps/window_search.py, sample seed {result['sample_seed']}). Accuracies are eval-mode, on the whole split, "
-        "at the epoch early stopping kept (lowest validation loss), mean ± sd across seeds; the size ratio is BiRNN / "
-        f"baseline parameters at that vocabulary (limit {t['max_parameter_ratio']:g}). Sorted by mean val accuracy; shown: "
+        cost = 100 * (best["val_accuracy"]["mean"] - m["val_accuracy"]["mean"])
+        return (
+            f"**The ceiling costs accuracy.** {len(d['meeting_both'])} of {len(rows)} configurations meet "
+            f"val ≥ {floor} and train < {ceiling} on the mean. The best of them, {m['name']}, reaches "
+            f"{pct(m['val_accuracy'])} % val ({pct(m['train_accuracy'])} % train), {cost:.1f} points below the "
+            f"best configuration, {best_text}; the rule allows {100 * d['within']:g}."
+        )
+    return (
+        f"**The ceiling costs accuracy.** None of the {len(rows)} configurations meets val ≥ {floor} and "
+        f"train < {ceiling} on the mean. The best is {best_text}."
+    )
+
+
+def render(result: dict, top: int = 12) -> str:
+    rows, n, t = result["configurations"], len(result["seeds"]), result["targets"]
+    floor, ceiling = f"{100 * t['min_val_accuracy']:g} %", f"{100 * t['max_train_accuracy']:g} %"
+    head = ["#", "experiment", "dropout", "word dropout", "hidden", "weight decay", "vocab", "tokens"]
+    head += ["size ratio", "val acc %", "train acc %", "gap pp", f"seeds val ≥ {floor}"]
+    head += [f"seeds train < {ceiling}", "kept epochs"]
+    table = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
+    table += [row_line(i, r, n) for i, r in enumerate(rows, 1) if i <= top or r["meets_both"]]
+    commit, seeds = result["commit"][:10], ", ".join(map(str, result["seeds"]))
+    intro = (
+        f"{len(rows)} BiRNN configurations × {n} seeds ({seeds}), made by `make sweep` (sweeps/window_search.py, "
+        f"sample seed {result['sample_seed']}). Accuracies are eval-mode, on the whole split, at the epoch early "
+        "stopping kept (lowest validation loss), mean ± sd across seeds; the size ratio is BiRNN / baseline "
+        f"parameters at that vocabulary (limit {t['max_parameter_ratio']:g}). Sorted by mean val accuracy; shown: "
         f"the top {top} and every configuration meeting val ≥ {floor} and train < {ceiling} on the mean (✓). "
-        "Test accuracy was not used."), "",
-        verdict, "", *lines, "",
-        (f"Each configuration is a DVC experiment of commit {commit} (`dvc exp show --rev {commit}`) whose targets "
-        "are the BiRNN's trainings, train@birnn-<seed>; its figures are in the experiment's "
+        "Test accuracy was not used."
+    )
+    how = (
+        f"Each configuration is a DVC experiment of commit {commit} (`dvc exp show --rev {commit}`) whose "
+        "targets are the BiRNN's trainings, train@birnn-<seed>; its figures are in the experiment's "
         "metrics/train/birnn/seed<S>.json (`dvc exp show`'s compare.json columns are the base commit's). "
         f"Wall time: {result['wall_seconds']:.0f} s for {result['experiments_run']} experiments run by "
-        f"{result['jobs']} queue workers with OMP_NUM_THREADS=1 ({result['train_seconds']:.0f} s of training in all). "
-        "Every configuration's numbers: sweeps/window_search.json."), ""])
+        f"{result['jobs']} queue workers with OMP_NUM_THREADS=1 ({result['train_seconds']:.0f} s of training "
+        "in all). Every configuration's numbers: sweeps/window_search.json."
+    )
+    lines = ["# The seed's training window, searched", "", intro, "", verdict(rows, result["decision"], floor, ceiling)]
+    return "\n".join([*lines, "", *table, "", how, ""])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=2, help="parallel queue workers")
     parser.add_argument("--list", action="store_true", help="print the configurations and stop")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="2 configurations, 1 seed, 3 epochs; results go to sweeps/dry_run.*")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="2 configurations, 1 seed, 3 epochs; results go to sweeps/dry_run.*"
+    )
     args = parser.parse_args()
     os.chdir(ROOT)
     p = params_module.load("params.yaml")
@@ -279,18 +357,35 @@ def main() -> None:
         out = OUT.with_name("dry_run")
     names = [f"{prefix}-{i:02d}" for i in range(len(configs))]
     print(f"{len(configs)} configurations x {len(seeds)} seeds (sample seed {SAMPLE_SEED}):")
-    for name, c in zip(names, configs):
+    for name, c in zip(names, configs, strict=True):
         print(f"  {name}  " + "  ".join(f"{k.split('.')[1]}={c[k]}" for k in KEYS) + f"  ratio={c['ratio']:.3f}")
 
     if args.list:
         return
-    if sh("git", "status", "--porcelain", "--", "pipeline", "dvc.yaml", "dvc.lock", "params.yaml", "sweeps/window_search.py"):
-        sys.exit("error: commit pipeline/, dvc.yaml, dvc.lock, params.yaml and this script first: queue workers see only commits")
+    if sh(
+        "git",
+        "status",
+        "--porcelain",
+        "--",
+        "pipeline",
+        "dvc.yaml",
+        "dvc.lock",
+        "params.yaml",
+        "sweeps/window_search.py",
+    ):
+        sys.exit(
+            "error: commit pipeline/, dvc.yaml, dvc.lock, params.yaml and this script first: "
+            "queue workers see only commits"
+        )
     commit, started, ran = sh("git", "rev-parse", "HEAD").strip(), time.monotonic(), 0
     for attempt in (1, 2):  # a failed experiment gets one more try
         have = experiments()
-        todo = [(n, c) for n, c in zip(names, configs) if not (n in have and not have[n]["failed"])]
-        clash = [n for n, c in zip(names, configs) if n in have and not have[n]["failed"] and not matches(have[n], c, seeds)]
+        todo = [(n, c) for n, c in zip(names, configs, strict=True) if not (n in have and not have[n]["failed"])]
+        clash = [
+            n
+            for n, c in zip(names, configs, strict=True)
+            if n in have and not have[n]["failed"] and not matches(have[n], c, seeds)
+        ]
         if clash:
             sys.exit(f"error: experiments {', '.join(clash)} exist with other params; `dvc exp remove` them first")
         if not todo:
@@ -309,14 +404,26 @@ def main() -> None:
     if failed:
         sys.exit(f"error: experiments {', '.join(failed)} failed twice; see `dvc queue logs <name>`")
     targets = p.compare.targets
-    rows = sorted((summarise(n, c, have[n]["rev"], seeds, targets) for n, c in zip(names, configs)),
-                  key=lambda r: -r["val_accuracy"]["mean"])
-    result = {"commit": commit, "seeds": list(seeds), "sample_seed": SAMPLE_SEED, "jobs": args.jobs,
-              "experiments_run": ran, "wall_seconds": round(wall, 1),
-              "train_seconds": round(sum(r["train_seconds"] for row in rows for r in row["per_seed"].values()), 1),
-              "targets": {"min_val_accuracy": targets.min_val_accuracy, "max_train_accuracy": targets.max_train_accuracy,
-                          "max_parameter_ratio": targets.max_parameter_ratio},
-              "decision": decide(rows), "configurations": rows}
+    rows = sorted(
+        (summarise(n, c, have[n]["rev"], seeds, targets) for n, c in zip(names, configs, strict=True)),
+        key=lambda r: -r["val_accuracy"]["mean"],
+    )
+    result = {
+        "commit": commit,
+        "seeds": list(seeds),
+        "sample_seed": SAMPLE_SEED,
+        "jobs": args.jobs,
+        "experiments_run": ran,
+        "wall_seconds": round(wall, 1),
+        "train_seconds": round(sum(r["train_seconds"] for row in rows for r in row["per_seed"].values()), 1),
+        "targets": {
+            "min_val_accuracy": targets.min_val_accuracy,
+            "max_train_accuracy": targets.max_train_accuracy,
+            "max_parameter_ratio": targets.max_parameter_ratio,
+        },
+        "decision": decide(rows),
+        "configurations": rows,
+    }
     io.write_json(out.with_suffix(".json"), result)
     io.write_text(out.with_suffix(".md"), render(result))
     print(render(result))
