@@ -11,7 +11,7 @@ PLOTS_PAGE := .dvc/offline_plots.html
 # dvc.yaml's stages call the `pipeline` console script, so the venv's bin must be on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install repro test lint bench clean
+.PHONY: install repro test lint bench sweep clean
 
 install: $(STAMP) $(PLOTS_PAGE)
 
@@ -42,6 +42,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/train_processes.py
 	$(BIN)/python benchmarks/predict_throughput.py
+
+# The training-window search: BiRNN configurations x 3 seeds as queued DVC experiments.
+sweep: $(STAMP)
+	$(BIN)/python sweeps/window_search.py
 
 clean:
 	rm -rf $(VENV)
