@@ -19,9 +19,10 @@ contexts the default BiRNN settings plus a seeded sample of the BiRNN grid, prin
 Validation figures only choose: test accuracy is never read. Writes sweeps/window_search.json
 (every configuration) and sweeps/window_search.md (the table and the decision).
 
-    python sweeps/window_search.py [--jobs 2] [--list] [--dry-run]
+    python sweeps/window_search.py [--jobs 2] [--list] [--dry-run] [--rev COMMIT]
 
-A second call at the same commit reuses the experiments that succeeded and reruns the rest.
+A second call at the same commit reuses the experiments that succeeded and reruns the rest;
+--rev collects (and re-renders) the experiments of an earlier commit without running any.
 """
 
 from __future__ import annotations
@@ -135,10 +136,10 @@ def setting(key: str, value) -> str:
     return f"{key}={float(value)!r}" if isinstance(value, float) else f"{key}={value}"
 
 
-def experiments() -> dict[str, dict]:
-    """{name: {"rev", "failed", "params"}} of HEAD's experiments, from `dvc exp show --json`."""
+def experiments(rev: str = "HEAD") -> dict[str, dict]:
+    """{name: {"rev", "failed", "params"}} of the experiments of commit `rev`, from `dvc exp show --json`."""
     found = {}
-    for baseline in json.loads(sh("dvc", "exp", "show", "--json", "--no-pager")):
+    for baseline in json.loads(sh("dvc", "exp", "show", "--json", "--no-pager", "--rev", rev)):
         for group in baseline.get("experiments") or []:
             failed = (group.get("executor") or {}).get("state") == "failed"
             for exp in group.get("revs") or []:
@@ -159,9 +160,12 @@ def matches(exp: dict, config: dict, seeds: tuple[int, ...]) -> bool:
     return all(value(k) == config[k] for k in KEYS) and value("train.seeds") == list(seeds)
 
 
-def busy(names: set[str]) -> bool:
-    """Whether `dvc queue status` still lists one of `names` as queued or running."""
-    for line in sh("dvc", "queue", "status").splitlines():
+def busy(names: set[str]) -> bool | None:
+    """Whether `dvc queue status` still lists one of `names` as queued or running; None if it failed."""
+    done = subprocess.run(("dvc", "queue", "status"), check=False, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode:  # e.g. a worker's temporary copy half made: ask again at the next poll
+        return None
+    for line in done.stdout.splitlines():
         cells = line.split()
         if len(cells) >= 3 and cells[1] in names and cells[-1] in ("Queued", "Running"):
             return True
@@ -179,9 +183,6 @@ def run_queue(todo: list[tuple[str, dict]], extra: list[str], seeds, jobs: int) 
         "OMP_NUM_THREADS": "1",  # one thread per worker: two workers share the two cores
         "PYTHONPATH": str(ROOT),  # the workers run this checkout's pipeline, whatever is installed
     }
-    # The C++ recurrence is built once for the sweep in a folder of its own: the shared build
-    # is redone (about 40 s) each time a checkout at another path loads it.
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".dvc" / "tmp" / "torch_extensions"))
     log = ROOT / ".dvc" / "tmp" / "window_search.log"
     with open(log, "a") as out:  # the workers inherit this file: a pipe would never close
         subprocess.run(
@@ -193,8 +194,11 @@ def run_queue(todo: list[tuple[str, dict]], extra: list[str], seeds, jobs: int) 
             stderr=subprocess.STDOUT,
             check=True,
         )
-    names = {name for name, _ in todo}
-    while busy(names):
+    names, failures = {name for name, _ in todo}, 0
+    while (state := busy(names)) is not False:
+        failures = failures + 1 if state is None else 0
+        if failures == 10:
+            sys.exit("error: `dvc queue status` failed 10 times running; once it shows none running, rerun this script")
         time.sleep(POLL_S)
 
 
@@ -228,19 +232,24 @@ def spread(values: list[float]) -> dict[str, float]:
     }
 
 
-def summarise(name: str, config: dict, rev: str, seeds, targets) -> dict:
-    runs = {str(s): run_summary(name, rev, config, s) for s in seeds}
+def summarise(name: str, config: dict, exp: dict, seeds, targets) -> dict:
+    runs = {str(s): run_summary(name, exp["rev"], config, s) for s in seeds}
+    limit, patience = exp["params"]["train"]["max_epochs"], exp["params"]["train"]["patience"]
     val = [r["val_accuracy"] for r in runs.values()]
     train = [r["train_accuracy"] for r in runs.values()]
     row = {
         "name": name,
-        "rev": rev,
+        "rev": exp["rev"],
         **config,
         "val_accuracy": spread(val),
         "train_accuracy": spread(train),
         "gap": spread([t - v for t, v in zip(train, val, strict=True)]),
         "seeds_val_met": sum(v >= targets.min_val_accuracy for v in val),
         "seeds_train_met": sum(t < targets.max_train_accuracy for t in train),
+        # Runs that early stopping had not ended: the epoch limit did, with val loss still improving.
+        "seeds_at_epoch_limit": sum(
+            r["epochs_run"] == limit and r["best_epoch"] > limit - patience for r in runs.values()
+        ),
         "per_seed": runs,
     }
     row["meets_both"] = (
@@ -280,6 +289,7 @@ def row_line(i: int, r: dict, n: int) -> str:
         f"{100 * r['gap']['mean']:.1f}",
         f"{r['seeds_val_met']}/{n}",
         f"{r['seeds_train_met']}/{n}",
+        f"{r['seeds_at_epoch_limit']}/{n}",
         ", ".join(str(s["best_epoch"]) for s in r["per_seed"].values()),
     ]
     return "| " + " | ".join(map(str, cells)) + " |"
@@ -316,7 +326,7 @@ def render(result: dict, top: int = 12) -> str:
     floor, ceiling = f"{100 * t['min_val_accuracy']:g} %", f"{100 * t['max_train_accuracy']:g} %"
     head = ["#", "experiment", "dropout", "word dropout", "hidden", "weight decay", "vocab", "tokens"]
     head += ["size ratio", "val acc %", "train acc %", "gap pp", f"seeds val ≥ {floor}"]
-    head += [f"seeds train < {ceiling}", "kept epochs"]
+    head += [f"seeds train < {ceiling}", "seeds ended by the epoch limit", "kept epochs"]
     table = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
     table += [row_line(i, r, n) for i, r in enumerate(rows, 1) if i <= top or r["meets_both"]]
     commit, seeds = result["commit"][:10], ", ".join(map(str, result["seeds"]))
@@ -337,6 +347,16 @@ def render(result: dict, top: int = 12) -> str:
         "in all). Every configuration's numbers: sweeps/window_search.json."
     )
     lines = ["# The seed's training window, searched", "", intro, "", verdict(rows, result["decision"], floor, ceiling)]
+    window = [r for r in rows if r["meets_both"]]
+    if window:
+        capped = sum(r["seeds_at_epoch_limit"] > 0 for r in window)
+        lines += [
+            "",
+            f"{capped} of the {len(window)} configurations in the window have runs that the epoch limit "
+            f"(train.max_epochs = {result['max_epochs']}) ended, not early stopping: their validation loss was still "
+            f"improving within the last {result['patience']} epochs, so their train accuracy is that of a model "
+            "still learning.",
+        ]
     return "\n".join([*lines, "", *table, "", how, ""])
 
 
@@ -344,6 +364,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=2, help="parallel queue workers")
     parser.add_argument("--list", action="store_true", help="print the configurations and stop")
+    parser.add_argument("--rev", help="collect the experiments of this earlier commit and run nothing")
     parser.add_argument(
         "--dry-run", action="store_true", help="2 configurations, 1 seed, 3 epochs; results go to sweeps/dry_run.*"
     )
@@ -362,24 +383,9 @@ def main() -> None:
 
     if args.list:
         return
-    if sh(
-        "git",
-        "status",
-        "--porcelain",
-        "--",
-        "pipeline",
-        "dvc.yaml",
-        "dvc.lock",
-        "params.yaml",
-        "sweeps/window_search.py",
-    ):
-        sys.exit(
-            "error: commit pipeline/, dvc.yaml, dvc.lock, params.yaml and this script first: "
-            "queue workers see only commits"
-        )
-    commit, started, ran = sh("git", "rev-parse", "HEAD").strip(), time.monotonic(), 0
+    commit, started, ran = sh("git", "rev-parse", args.rev or "HEAD").strip(), time.monotonic(), 0
     for attempt in (1, 2):  # a failed experiment gets one more try
-        have = experiments()
+        have = experiments(commit)
         todo = [(n, c) for n, c in zip(names, configs, strict=True) if not (n in have and not have[n]["failed"])]
         clash = [
             n
@@ -388,8 +394,12 @@ def main() -> None:
         ]
         if clash:
             sys.exit(f"error: experiments {', '.join(clash)} exist with other params; `dvc exp remove` them first")
-        if not todo:
+        if not todo or args.rev:
             break
+        if sh("git", "status", "--porcelain", "--", "pipeline", "dvc.yaml", "dvc.lock", "params.yaml"):
+            sys.exit(
+                "error: commit pipeline/, dvc.yaml, dvc.lock and params.yaml first: queue workers see only commits"
+            )
         if attempt == 2:
             print(f"retrying {len(todo)} failed: {', '.join(n for n, _ in todo)}", flush=True)
         if any(n in have for n, _ in todo):  # a failed task keeps its name until it leaves the queue
@@ -399,22 +409,27 @@ def main() -> None:
         ran += len(todo)
     wall = time.monotonic() - started
 
-    have = experiments()
+    have = experiments(commit)
     failed = [n for n in names if n not in have or have[n]["failed"]]
     if failed:
-        sys.exit(f"error: experiments {', '.join(failed)} failed twice; see `dvc queue logs <name>`")
+        sys.exit(f"error: experiments {', '.join(failed)} are missing or failed; see `dvc queue logs <name>`")
     targets = p.compare.targets
     rows = sorted(
-        (summarise(n, c, have[n]["rev"], seeds, targets) for n, c in zip(names, configs, strict=True)),
+        (summarise(n, c, have[n], seeds, targets) for n, c in zip(names, configs, strict=True)),
         key=lambda r: -r["val_accuracy"]["mean"],
     )
+    timing = {"jobs": args.jobs, "experiments_run": ran, "wall_seconds": round(wall, 1)}
+    previous = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
+    if not ran and previous.get("commit") == commit:  # nothing ran now: keep the timing of the run that did
+        timing = {k: previous[k] for k in timing}
+    train = have[names[0]]["params"]["train"]
     result = {
         "commit": commit,
         "seeds": list(seeds),
         "sample_seed": SAMPLE_SEED,
-        "jobs": args.jobs,
-        "experiments_run": ran,
-        "wall_seconds": round(wall, 1),
+        **timing,
+        "max_epochs": train["max_epochs"],
+        "patience": train["patience"],
         "train_seconds": round(sum(r["train_seconds"] for row in rows for r in row["per_seed"].values()), 1),
         "targets": {
             "min_val_accuracy": targets.min_val_accuracy,
