@@ -73,8 +73,18 @@ def _build(load):
     # however its holder ends, no other process is loading: a `lock` file found is stale.
     with open(folder / "pipeline.lock", "w") as guard:
         fcntl.flock(guard, fcntl.LOCK_EX)
-        (folder / "lock").unlink(missing_ok=True)
-        return load(name=name, sources=[str(copy)], build_directory=str(folder), extra_cflags=["-O3", "-march=native"])
+        for attempt in range(3):
+            (folder / "lock").unlink(missing_ok=True)
+            try:
+                return load(
+                    name=name, sources=[str(copy)], build_directory=str(folder), extra_cflags=["-O3", "-march=native"]
+                )
+            except FileNotFoundError:
+                # A process of an older version, outside this flock, removed torch's lock file
+                # under this load; the build itself is intact, so load again.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
 
 _KERNEL: ModuleType | bool | None = None  # False: tried and unavailable
