@@ -353,9 +353,9 @@ def render(result: dict, top: int = 12) -> str:
         lines += [
             "",
             f"{capped} of the {len(window)} configurations in the window have runs that the epoch limit "
-            f"(train.max_epochs = {result['max_epochs']}) ended, not early stopping: their validation loss was still "
-            f"improving within the last {result['patience']} epochs, so their train accuracy is that of a model "
-            "still learning.",
+            f"(train.max_epochs = {result['max_epochs']}) ended before early stopping could: their validation loss "
+            f"had improved within the last {result['patience']} epochs, so with a higher limit they may keep a later, "
+            "better-fitted epoch (column: seeds ended by the epoch limit).",
         ]
     return "\n".join([*lines, "", *table, "", how, ""])
 
