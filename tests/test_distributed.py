@@ -66,7 +66,9 @@ def _rank_process(root: psutil.Process, rank: str, timeout: float) -> psutil.Pro
     while time.monotonic() < deadline:
         for child in root.children(recursive=True):
             try:
-                if child.environ().get("RANK") == rank and "pipeline" in " ".join(child.cmdline()):
+                # A worker is torchrun's child: its own children (ninja, say) inherit RANK too.
+                worker = "RANK" not in child.parent().environ()
+                if worker and child.environ().get("RANK") == rank and "pipeline" in " ".join(child.cmdline()):
                     return child
             except psutil.Error:
                 continue
