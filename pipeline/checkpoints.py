@@ -6,6 +6,7 @@ encoding), so loading it never unpickles code.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import pickle
 import re
@@ -17,14 +18,17 @@ from pipeline.errors import UserError
 from pipeline.io import write_bytes
 
 
-def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
+def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> str:
+    """Write the checkpoint; returns the sha256 of the bytes written (pipeline.stamps)."""
     # Serialise to memory first: torch.save of the same tensors gives the same bytes,
     # and the file appears only once complete.
     import torch  # imported here: download, prepare and compare start seconds faster without it
 
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
-    write_bytes(path, buffer.getvalue())
+    data = buffer.getvalue()
+    write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
 
 
 CHECKPOINT_KEYS = ("model", "config", "labels", "vocab_sha256", "encoding", "epoch", "best_val_loss")

@@ -14,7 +14,8 @@ Every model was trained once per seed of train.seeds; this stage
 
 metrics/compare.json holds the headline figures only, for `dvc metrics diff`; everything else
 goes to metrics/details.json and metrics/report.md. A missed target is a result, not an error:
-the stage fails only on missing or malformed inputs.
+the stage fails only on missing or malformed inputs, or on inputs from different runs of a
+stage (pipeline.stamps).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import math
 import statistics
 from typing import Any
 
-from pipeline import figures, io, layout
+from pipeline import figures, io, layout, stamps
 from pipeline.errors import UserError
 from pipeline.params import MODELS, Params, Targets
 
@@ -118,6 +119,16 @@ def read_predictions(name: str) -> list[tuple[str, str]]:
     return [(row["actual"], row["predicted"]) for row in data]
 
 
+def check_generations(seeds: tuple[int, ...]) -> None:
+    """Refuse inputs from different runs of a stage: new scores beside old predictions, a
+    checkpoint's scores beside another run's summary or curves (pipeline.stamps)."""
+    raw = {name: io.read_json(SCORES_DIR / f"{name}.json", "evaluation scores") for name in (*MODELS, *REFERENCES)}
+    stamps.check_evaluation(raw, SCORES_DIR, PREDICTIONS)
+    for name in MODELS:
+        for seed in seeds:
+            stamps.check_run(name, seed, raw[name], SCORES_DIR / f"{name}.json")
+
+
 def discordant(before: list[tuple[str, str]], after: list[tuple[str, str]]) -> tuple[int, int]:
     """b: test documents only `before` got right; c: only `after` got right."""
     if [a for a, _ in before] != [a for a, _ in after]:
@@ -176,6 +187,7 @@ def build(params: Params) -> tuple[dict, dict]:
     scores, sizes = {}, {}
     for name in (*MODELS, *REFERENCES):
         scores[name], sizes[name] = read_scores(name, seeds)
+    check_generations(seeds)
     if sizes["baseline"] <= 0:
         raise UserError(f"{SCORES_DIR}/baseline.json: trainable_parameters must be > 0")
     summaries = {name: summarise(runs) for name, runs in scores.items()}

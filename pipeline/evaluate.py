@@ -10,10 +10,12 @@ The references are fitted on the training split:
 
 Writes, only after everything was computed, each folder as one generation (io.publish_dir):
 - metrics/scores/<name>.json: {"seeds": {"<S>": {"train": {...}, "val": {...}, "test": {...}}},
-  "trainable_parameters": n, "served_seed": S} (a reference has the one "seed" 0), floats
-  rounded to 6 digits so the same inputs give the same bytes;
+  "trainable_parameters": n, "served_seed": S, "checkpoint_sha256": {"<S>": sha256},
+  "evaluation": stamp} (a reference has the one "seed" 0), floats rounded to 6 digits so the
+  same inputs give the same bytes;
 - metrics/predictions/<name>.json: [{"actual", "predicted"}, ...] on the test split in data
-  order for the served seed, read by `dvc plots` (confusion matrices) and by compare (McNemar).
+  order for the served seed, read by `dvc plots` (confusion matrices) and by compare (McNemar),
+  and stamp.json: {"evaluation": stamp} (pipeline.stamps).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from sklearn.metrics import (
 )
 from threadpoolctl import threadpool_limits
 
-from pipeline import checkpoints, io, layout
+from pipeline import checkpoints, io, layout, stamps
 from pipeline.data import Split, load_split, split_logits
 from pipeline.errors import UserError
 from pipeline.models import ModelConfig, RNNClassifier, count_parameters
@@ -180,9 +182,11 @@ def run(params: Params) -> None:
     results: dict[str, dict] = {}
     predictions: dict[str, list] = {}
     for name in MODELS:
-        runs = {}
+        runs, scored = {}, {}
         for seed in seeds:
-            model = load_model(layout.run_checkpoint(name, seed), labels, vocab_sha256, stats["encoding"])
+            path = layout.run_checkpoint(name, seed)
+            model = load_model(path, labels, vocab_sha256, stats["encoding"])
+            scored[str(seed)] = io.sha256_file(path)
             scores = {}
             for s, split in splits.items():
                 logits = split_logits(model, split, p.batch_size)
@@ -193,7 +197,12 @@ def run(params: Params) -> None:
             runs[str(seed)] = scores
             accuracies = ", ".join(f"{s} acc {scores[s]['accuracy']:.4f}" for s in SPLITS)
             print(f"{layout.run_name(name, seed)}: {accuracies}")
-        results[name] = {"seeds": runs, "trainable_parameters": count_parameters(model), "served_seed": seeds[0]}
+        results[name] = {
+            "seeds": runs,
+            "trainable_parameters": count_parameters(model),
+            "served_seed": seeds[0],
+            stamps.KEY: scored,
+        }
 
     label_ids = {name: k for k, name in enumerate(labels)}
     texts = {s: read_texts(s, label_ids, splits[s].labels) for s in SPLITS}
@@ -206,8 +215,11 @@ def run(params: Params) -> None:
         "reference_tokens", seen, truth, labels, p.reference, pretokenised=True
     )
 
-    # Each folder is swapped in whole: never one model's new scores beside another's old ones.
+    # Each folder is swapped in whole: never one model's new scores beside another's old ones;
+    # and both carry the run's stamp, so compare refuses new scores beside old predictions.
+    stamp = stamps.evaluation_stamp(results)
     with io.publish_dir(SCORES) as scores_dir, io.publish_dir(PREDICTIONS) as predicted:
         for name, result in results.items():
-            io.write_json(scores_dir / f"{name}.json", result)
+            io.write_json(scores_dir / f"{name}.json", {**result, stamps.EVALUATION: stamp})
             io.write_json(predicted / f"{name}.json", predictions[name])
+        io.write_json(predicted / stamps.PREDICTIONS_FILE, {stamps.EVALUATION: stamp})

@@ -2,7 +2,8 @@
 
 Writes models/<model>/seed<S>.pt, metrics/train/<model>/seed<S>.json and the learning
 curves in dvclive/<model>/seed<S>/ (pipeline.layout), all at the end: a run that fails or
-is stopped leaves the previous outputs as they were.
+is stopped leaves the previous outputs as they were, or, stopped between two of them, a set
+whose stamps disagree (pipeline.stamps), which compare refuses.
 
 Mini-batch training (or full-batch when train.batch_size is null, like the seed's loop)
 with Adam/AdamW and gradient clipping, on length-bucketed batches. After every epoch the
@@ -31,7 +32,7 @@ import torch
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from pipeline import checkpoints, devices, distributed, io, layout
+from pipeline import checkpoints, devices, distributed, io, layout, stamps
 from pipeline.data import SCORE_BATCH, Split, bucketed_batches, load_split
 from pipeline.distributed import World
 from pipeline.errors import UserError
@@ -268,7 +269,7 @@ def _train_and_publish(model, cfg, train, val, params, name, seed, world, vocab,
             "threads": torch.get_num_threads(),
             **summary,
         }
-        if world.main:
+        if curves is not None:  # rank 0
             checkpoint = {
                 "model": {k: v.cpu() for k, v in model.state_dict().items()},
                 "config": asdict(cfg),
@@ -280,6 +281,8 @@ def _train_and_publish(model, cfg, train, val, params, name, seed, world, vocab,
                 "best_val_loss": summary["best_val_loss"],
                 "seed": seed,
             }
-            checkpoints.save_checkpoint(layout.run_checkpoint(name, seed), checkpoint)
+            # Three places, so each names the checkpoint (pipeline.stamps); the curves go in last.
+            summary[stamps.KEY] = checkpoints.save_checkpoint(layout.run_checkpoint(name, seed), checkpoint)
             io.write_json(layout.run_summary(name, seed), summary)
+            stamps.write_run(curves, summary[stamps.KEY])
     return summary

@@ -62,6 +62,10 @@ def _curve(path: Path, metric: str, values: list[float]) -> None:
     path.write_text(f"step\t{metric}\n" + "".join(f"{e}\t{v}\n" for e, v in enumerate(values, 1)), encoding="utf-8")
 
 
+def _checkpoint_sha(name: str, seed) -> str:
+    return f"sha-of-{name}-{seed}"
+
+
 def write_inputs(accuracy: dict | None = None, b: int = 1, c: int = 3) -> None:
     """metrics/scores, metrics/predictions, metrics/train and dvclive/ as evaluate and train write them.
 
@@ -71,10 +75,11 @@ def write_inputs(accuracy: dict | None = None, b: int = 1, c: int = 3) -> None:
     for name, splits in accuracy.items():
         keys = ["0"] if name.startswith("reference") else [str(s) for s in SEEDS]
         runs = {k: {s: _split_scores(splits[s][i]) for s in SPLITS} for i, k in enumerate(keys)}
-        _write(
-            f"metrics/scores/{name}.json",
-            {"seeds": runs, "trainable_parameters": SIZES[name], "served_seed": int(keys[0])},
-        )
+        scores = {"seeds": runs, "trainable_parameters": SIZES[name], "served_seed": int(keys[0])}
+        if not name.startswith("reference"):
+            scores["checkpoint_sha256"] = {k: _checkpoint_sha(name, k) for k in keys}
+        _write(f"metrics/scores/{name}.json", {**scores, "evaluation": "evaluation-1"})
+    _write("metrics/predictions/stamp.json", {"evaluation": "evaluation-1"})
     for name, epochs in EPOCHS.items():
         for seed, (best, run) in zip(SEEDS, epochs, strict=True):
             summary = {
@@ -84,8 +89,10 @@ def write_inputs(accuracy: dict | None = None, b: int = 1, c: int = 3) -> None:
                 "epochs_run": run,
                 "train_seconds": 12.5,
                 "tokens_per_second": 9000.0,
+                "checkpoint_sha256": _checkpoint_sha(name, seed),
             }
             _write(f"metrics/train/{name}/seed{seed}.json", summary)
+            _write(f"dvclive/{name}/seed{seed}/run.json", {"checkpoint_sha256": _checkpoint_sha(name, seed)})
             for split in ("train", "val"):
                 folder = Path(f"dvclive/{name}/seed{seed}/plots/metrics/{split}")
                 _curve(folder / "accuracy.tsv", "accuracy", [0.4 + 0.05 * e for e in range(run)])
@@ -390,6 +397,23 @@ def _no_learning_curve():
     Path("dvclive/birnn/seed8/plots/metrics/val/loss.tsv").unlink()
 
 
+def _summary_of_another_run():
+    _write("metrics/train/birnn/seed8.json", {"best_epoch": 3, "epochs_run": 9, "checkpoint_sha256": "sha-other"})
+
+
+def _curves_of_another_run():
+    _write("dvclive/stacked/seed7/run.json", {"checkpoint_sha256": "sha-other"})
+
+
+def _scores_of_another_evaluation():
+    data = json.loads(Path("metrics/scores/reference.json").read_text())
+    _write("metrics/scores/reference.json", {**data, "evaluation": "evaluation-2"})
+
+
+def _summary_without_stamp():
+    _write("metrics/train/baseline/seed9.json", {"best_epoch": 3, "epochs_run": 9})
+
+
 @pytest.mark.parametrize(
     "damage, message",
     [
@@ -401,6 +425,21 @@ def _no_learning_curve():
         (_other_test_documents, "different test documents"),
         (_no_training_summary, "metrics/train/stacked/seed9.json: training summary not found"),
         (_no_learning_curve, "dvclive/birnn/seed8/plots/metrics/val/loss.tsv: learning curve not found"),
+        (
+            _summary_of_another_run,
+            "dvclive/birnn/seed8 and metrics/train/birnn/seed8.json come from different runs of "
+            "`pipeline train birnn --seed 8`",
+        ),
+        (
+            _curves_of_another_run,
+            "dvclive/stacked/seed7 and metrics/train/stacked/seed7.json come from different runs of "
+            "`pipeline train stacked --seed 7`",
+        ),
+        (
+            _scores_of_another_evaluation,
+            "metrics/scores/reference.json and metrics/predictions come from different runs of `pipeline evaluate`",
+        ),
+        (_summary_without_stamp, "metrics/train/baseline/seed9.json: no checkpoint_sha256 stamp"),
     ],
 )
 def test_bad_inputs_fail_with_one_line(tiny_project, damage, message):
@@ -449,3 +488,31 @@ def test_compare_reads_what_the_real_stages_write(tiny_project):
     report = Path("metrics/report.md").read_text(encoding="utf-8")
     for row in ("| Before: RNN", "| After: BiRNN", "| Bonus: stacked", "| Reference: TF-IDF"):
         assert row in report
+
+
+def test_a_train_run_stopped_between_its_outputs_is_refused_after_evaluate(tiny_project):
+    """A run stopped after its checkpoint but before its summary and curves leaves a new model
+    beside the previous run's files; once evaluate scores that model, compare refuses the set."""
+    runner = CliRunner()
+    _set_seeds((7,))
+    runs = [["train", m, "--seed", "7"] for m in ("baseline", "birnn", "stacked")]
+    for args in (["download"], ["prepare"], *runs, ["evaluate"], ["compare"]):
+        assert runner.invoke(app, args).exit_code == 0, args
+    old_summary = Path("metrics/train/birnn/seed7.json").read_bytes()
+    old_stamp = Path("dvclive/birnn/seed7/run.json").read_bytes()
+    raw = yaml.safe_load(Path("params.yaml").read_text())
+    raw["train"]["max_epochs"] += 1
+    Path("params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert runner.invoke(app, ["train", "birnn", "--seed", "7"]).exit_code == 0
+    Path("metrics/train/birnn/seed7.json").write_bytes(old_summary)  # as if stopped right after the checkpoint
+    Path("dvclive/birnn/seed7/run.json").write_bytes(old_stamp)
+    assert runner.invoke(app, ["evaluate"]).exit_code == 0
+    before = {p: p.read_bytes() for p in Path("metrics").rglob("*") if p.is_file()}
+    result = runner.invoke(app, ["compare"])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "error: metrics/scores/birnn.json scored another checkpoint of birnn/seed7 than "
+        "metrics/train/birnn/seed7.json describes (one was stopped midway or the files were copied "
+        "from elsewhere; rerun `dvc repro`)\n"
+    )
+    assert {p: p.read_bytes() for p in Path("metrics").rglob("*") if p.is_file()} == before

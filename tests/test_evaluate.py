@@ -4,6 +4,7 @@ sklearn and with each run's checkpoint, what reference_tokens reads, refusals.""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io as stdio
 import json
 import shutil
@@ -85,12 +86,18 @@ def test_scores_cover_every_seed_of_every_model_and_both_references(trained):
     sizes = {s: n["size"] for s, n in _json("data/prepared/stats.json")["splits"].items()}
     assert sorted(p.name for p in Path("metrics/scores").iterdir()) == sorted(f"{n}.json" for n in MODELS + REFERENCES)
     assert sorted(p.name for p in Path("metrics/predictions").iterdir()) == sorted(
-        f"{n}.json" for n in MODELS + REFERENCES
+        [*(f"{n}.json" for n in MODELS + REFERENCES), "stamp.json"]
     )
+    stamp = _json("metrics/predictions/stamp.json")["evaluation"]
     for name in MODELS + REFERENCES:
         scores = _json(f"metrics/scores/{name}.json")
         expected_seeds = ["0"] if name in REFERENCES else ["7", "8"]
         assert list(scores["seeds"]) == expected_seeds
+        assert scores["evaluation"] == stamp
+        if name in MODELS:  # each run names the checkpoint it scored (pipeline.stamps)
+            assert scores["checkpoint_sha256"] == {
+                s: hashlib.sha256(layout.run_checkpoint(name, int(s)).read_bytes()).hexdigest() for s in expected_seeds
+            }
         assert scores["served_seed"] == int(expected_seeds[0])
         assert scores["trainable_parameters"] > 0
         for run in scores["seeds"].values():
@@ -236,7 +243,7 @@ def test_reference_tokens_never_reads_past_max_len(tiny_project, monkeypatch):
 def test_same_inputs_give_identical_bytes(trained):
     evaluate.run(trained)
     paths = sorted(Path("metrics").rglob("*.json"))
-    assert len(paths) == 2 * len(MODELS + REFERENCES)
+    assert len(paths) == 2 * len(MODELS + REFERENCES) + 1  # and the predictions' stamp.json
     first = {p: p.read_bytes() for p in paths}
     evaluate.run(trained)
     assert {p: p.read_bytes() for p in sorted(Path("metrics").rglob("*.json"))} == first
