@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from pipeline import io
+from pipeline import arrays
 from pipeline.errors import UserError
 
 if TYPE_CHECKING:
@@ -42,8 +42,8 @@ class Split:
 
 
 def load_split(name: str, folder: Path = PREPARED) -> Split:
-    arrays = io.load_arrays(folder / f"{name}.npz", ("ids", "lengths", "labels"))
-    split = Split(*(torch.from_numpy(arrays[k]).long() for k in ("ids", "lengths", "labels")))
+    loaded = arrays.load(folder / f"{name}.npz", ("ids", "lengths", "labels"))
+    split = Split(*(torch.from_numpy(loaded[k]).long() for k in ("ids", "lengths", "labels")))
     if len(split) == 0:
         raise UserError(f"{folder / name}.npz: the {name} split is empty")
     return split

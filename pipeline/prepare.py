@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import io
+from pipeline import arrays, io
 from pipeline.errors import UserError
 from pipeline.params import Params, PrepareParams
 from pipeline.text import UNK_ID, Vocab, encode_flat, normalise, tokens_of
@@ -204,7 +204,7 @@ def write_splits(
     unknown = dict.fromkeys(SPLITS, 0)
     lengths: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
     with ExitStack() as files:
-        npz = {s: files.enter_context(io.NpzWriter(stage / f"{s}.npz")) for s in SPLITS}
+        npz = {s: files.enter_context(arrays.NpzWriter(stage / f"{s}.npz")) for s in SPLITS}
         with ExitStack() as members:
             write = {
                 s: members.enter_context(npz[s].blocks("ids", np.int64, (len(split[s]), p.max_len))) for s in SPLITS

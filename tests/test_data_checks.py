@@ -18,7 +18,7 @@ import yaml
 from conftest import make_corpus, tiny_params_dict
 from typer.testing import CliRunner
 
-from pipeline import download, evaluate, io, prepare, train
+from pipeline import arrays, download, evaluate, io, prepare, train
 from pipeline import params as params_module
 from pipeline.cli import app
 from pipeline.params import MODELS
@@ -189,7 +189,7 @@ def test_line_separators_pass_the_whole_pipeline(tiny_project):
         path = Path(f"data/prepared/{split}.jsonl")
         # One document per line for any reader, even one that splits at U+2028.
         assert len(path.read_text(encoding="utf-8").splitlines()) == len(
-            io.load_arrays(f"data/prepared/{split}.npz", ("labels",))["labels"]
+            arrays.load(f"data/prepared/{split}.npz", ("labels",))["labels"]
         )
         texts += [row["text"] for _, row in io.read_jsonl(path, "split", "pipeline prepare")]
     assert sorted(texts) == sorted(t for t, _ in rows)

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from pipeline import arrays as arrays_format
 from pipeline import io
 from pipeline.errors import UserError
 
@@ -125,8 +126,8 @@ def test_npz_written_in_blocks_has_the_bytes_of_np_savez(tmp_path):
         "lengths": rng.integers(1, 7, 1003),
         "labels": rng.integers(0, 5, 1003),
     }
-    io.save_arrays(tmp_path / "whole.npz", **arrays)
-    with io.NpzWriter(tmp_path / "blocks.npz") as npz:
+    np.savez(tmp_path / "whole.npz", **arrays)
+    with arrays_format.NpzWriter(tmp_path / "blocks.npz") as npz:
         with npz.blocks("ids", np.int64, arrays["ids"].shape) as write:
             for start in range(0, 1003, 100):
                 write(arrays["ids"][start : start + 100])
@@ -134,6 +135,6 @@ def test_npz_written_in_blocks_has_the_bytes_of_np_savez(tmp_path):
         npz.add("labels", arrays["labels"])
     assert (tmp_path / "blocks.npz").read_bytes() == (tmp_path / "whole.npz").read_bytes()
     with pytest.raises(ValueError, match="2 rows written, 3 announced"):
-        with io.NpzWriter(tmp_path / "short.npz") as npz:
+        with arrays_format.NpzWriter(tmp_path / "short.npz") as npz:
             with npz.blocks("ids", np.int64, (3, 7)) as write:
                 write(arrays["ids"][:2])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pipeline import download, io, prepare
+from pipeline import arrays, download, prepare
 from pipeline.cli import app
 from pipeline.text import PAD_ID, UNK_ID, Vocab, encode, tokenise
 
@@ -19,7 +19,7 @@ OUT = Path("data/prepared")
 def _prepared(params):
     download.run(params)
     prepare.run(params)
-    return {s: io.load_arrays(OUT / f"{s}.npz", ("ids", "lengths", "labels")) for s in prepare.SPLITS}
+    return {s: arrays.load(OUT / f"{s}.npz", ("ids", "lengths", "labels")) for s in prepare.SPLITS}
 
 
 def test_same_params_give_byte_identical_outputs(tiny_params):
