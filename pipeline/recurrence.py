@@ -20,11 +20,12 @@ design; every readout masks them.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -54,14 +55,16 @@ _SOURCE = Path(__file__).with_name("csrc") / "recurrence.cpp"
 
 
 def _build(load):
-    """Compile once per machine and source version, wherever the checkout lives.
+    """Compile once per machine, source version and Python environment, wherever the checkout lives.
 
-    The build folder is named by the source's hash and compiles a copy of the source kept
-    there: torch rebuilds when a source path changes, and checkouts at other paths (a DVC
-    experiment's temporary copy, a second clone) would otherwise rebuild each other's build.
+    ninja rebuilds whenever the compile command changes, so whatever goes into it names the
+    build folder: the source (a copy kept there, as torch rebuilds when a source path
+    changes), and torch's and Python's include paths (a clone with its own venv). Otherwise a
+    DVC experiment's temporary copy, a second clone or CI would rebuild each other's build.
     """
     source = _SOURCE.read_bytes()
-    name = f"pipeline_recurrence_{hashlib.sha256(source).hexdigest()[:12]}"
+    environment = f"{torch.__version__}\0{Path(torch.__file__).parent}\0{sys.base_prefix}\0{sys.version}"
+    name = f"pipeline_recurrence_{hashlib.sha256(source + environment.encode()).hexdigest()[:12]}"
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -71,7 +74,7 @@ def _build(load):
     # torch guards a build with a `lock` file that a killed process leaves behind, and every
     # later load then waits for it forever. Under this flock, which the kernel releases
     # however its holder ends, no other process is loading: a `lock` file found is stale.
-    with open(folder / "pipeline.lock", "w") as guard:
+    with open(folder / "pipeline.lock", "w") as guard, _pinned_ninja():
         fcntl.flock(guard, fcntl.LOCK_EX)
         for attempt in range(3):
             (folder / "lock").unlink(missing_ok=True)
@@ -85,6 +88,27 @@ def _build(load):
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _pinned_ninja() -> Iterator[None]:
+    """Put the pinned ninja (the `ninja` package) first on PATH while torch runs ninja.
+
+    ninja versions keep their build logs differently: with a system ninja on PATH in one
+    shell and the venv's in another (an activated venv, `dvc repro`), each would find the
+    other's build out of date and compile again, 20 s a time.
+    """
+    try:
+        import ninja
+    except ImportError:
+        yield  # whichever ninja is on PATH, if any
+        return
+    path = os.environ.get("PATH", "")
+    os.environ["PATH"] = f"{ninja.BIN_DIR}{os.pathsep}{path}"
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = path
 
 
 _KERNEL: ModuleType | bool | None = None  # False: tried and unavailable

@@ -1,0 +1,39 @@
+"""The C++ recurrence builds once per source and environment, whichever ninja a shell finds first."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LOAD = "from pipeline import recurrence; assert recurrence.compiled() is not None"
+
+
+def _load(extensions: Path, path: str) -> None:
+    env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(extensions), PATH=path)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    result = subprocess.run([sys.executable, "-c", LOAD], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "note:" not in result.stderr  # the kernel, not the fallback
+
+
+def _library(extensions: Path) -> Path:
+    (library,) = extensions.glob("pipeline_recurrence_*/pipeline_recurrence_*.so")
+    return library
+
+
+def test_a_shell_with_another_ninja_first_on_path_does_not_rebuild(tmp_path):
+    system_first = os.pathsep.join(["/usr/local/bin", "/usr/bin", "/bin"])
+    venv_first = os.pathsep.join([str(Path(sys.executable).parent), system_first])
+    _load(tmp_path, venv_first)  # an activated venv, `dvc repro`
+    built = _library(tmp_path).stat()
+    if shutil.which("ninja", path=system_first) is None:
+        pytest.skip("no second ninja on this machine to take the first one's place")
+    _load(tmp_path, system_first)  # `make` with .venv/bin/python, an IDE, a cron job
+    _load(tmp_path, venv_first)
+    again = _library(tmp_path).stat()
+    assert (again.st_ino, again.st_mtime_ns) == (built.st_ino, built.st_mtime_ns)
