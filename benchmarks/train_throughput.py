@@ -12,7 +12,11 @@ both with the same data, sizes, batch size, optimizer, learning rate and gradien
 It prints real tokens per second, project / peer (the median of the per-round ratios), and
 the share of this machine's sgemm roofline (measured here) that the FLOPs of a step reach.
 
-    python benchmarks/train_throughput.py [--rounds 5] [--batches 24] [--threads N]
+Then scoring, which the train stage does on the whole train and val splits after every
+epoch: pipeline.train.score_shard with batches of 1024 rows (the previous fixed size)
+against batches sized by pipeline.data.score_batch_size, for the three models, interleaved.
+
+    python benchmarks/train_throughput.py [--rounds 5] [--batches 24] [--threads N] [--part scoring]
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from pipeline import params as params_module
-from pipeline.data import Split, bucketed_batches, load_split
+from pipeline import train as train_stage
+from pipeline.data import Split, bucketed_batches, load_split, score_batch_size
+from pipeline.distributed import World
 from pipeline.models import ModelConfig, RNNClassifier
 from pipeline.train import train_one_epoch
 
@@ -113,14 +119,32 @@ def measure(cfg: ModelConfig, split: Split, batch_size: int, t, rounds: int, per
     return {k: statistics.median(v) for k, v in rates.items()} | {"ratio": ratio}
 
 
+def measure_scoring(cfg: ModelConfig, split: Split, rounds: int) -> dict:
+    """Texts per second of score_shard: fixed 1024-row batches vs. score_batch_size."""
+    torch.manual_seed(0)
+    model = RNNClassifier(cfg)
+    fitted = score_batch_size(model, int(split.lengths.max()))
+    rates: dict[str, list[float]] = {"1024": [], "fitted": []}
+    for round_ in range(rounds + 1):  # round 0 warms up
+        for arm, rows in (("1024", 1024), ("fitted", fitted)):
+            train_stage.score_batch_size = lambda model, steps, rows=rows: rows  # type: ignore[assignment]
+            seconds = _timed(lambda: train_stage.score_shard(model, split, World(), torch.device("cpu")))
+            if round_:
+                rates[arm].append(len(split) / seconds)
+    train_stage.score_batch_size = score_batch_size
+    ratio = statistics.median(f / o for f, o in zip(rates["fitted"], rates["1024"], strict=True))
+    return {k: statistics.median(v) for k, v in rates.items()} | {"ratio": ratio, "rows": fitted}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batches", type=int, default=24, help="batches per round and contender")
     parser.add_argument("--threads", type=int, default=None, help="default: train.threads")
+    parser.add_argument("--part", choices=("all", "training", "scoring"), default="all")
     args = parser.parse_args()
-    p = params_module.load(Path(args.params), ("train", "baseline", "birnn"))
+    p = params_module.load(Path(args.params), ("train", "baseline", "birnn", "stacked"))
     torch.set_num_threads(args.threads or p.train.threads)
     bbc = load_split("train")
     vocab_size, num_classes = int(bbc.ids.max()) + 1, int(bbc.labels.max()) + 1
@@ -134,7 +158,7 @@ def main() -> None:
     )
     print(header)
     print("-" * len(header))
-    for corpus, split in corpora.items():
+    for corpus, split in corpora.items() if args.part != "scoring" else ():
         for name in ("baseline", "birnn"):
             cfg = ModelConfig.from_params(p.model(name), vocab_size=vocab_size, num_classes=num_classes)
             for batch_size in sorted({p.train.batch_size or 32, 32, 128}):
@@ -145,6 +169,19 @@ def main() -> None:
                     f"{r['project'] / 1e3:>13.0f}k {r['ratio']:>5.2f}x {share:>7.1%}",
                     flush=True,
                 )
+    if args.part == "training":
+        return
+    print()
+    header = f"{'scoring (BBC train)':<20} {'model':<9} {'1024 rows texts/s':>18} {'fitted texts/s':>15} {'ratio':>6}"
+    print(header)
+    print("-" * len(header))
+    for name in ("baseline", "birnn", "stacked"):
+        cfg = ModelConfig.from_params(p.model(name), vocab_size=vocab_size, num_classes=num_classes)
+        r = measure_scoring(cfg, bbc, args.rounds)
+        print(
+            f"{'':<20} {name:<9} {r['1024']:>18.0f} {r['fitted']:>10.0f} ({r['rows']:>3}) {r['ratio']:>5.2f}x",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from pipeline import checkpoints, devices, distributed, io, layout, stamps
-from pipeline.data import SCORE_BATCH, Split, bucketed_batches, load_split
+from pipeline.data import Split, bucketed_batches, load_split, score_batch_size
 from pipeline.distributed import World
 from pipeline.errors import UserError
 from pipeline.models import ModelConfig, RNNClassifier, count_parameters
@@ -79,12 +79,13 @@ def train_one_epoch(
 
 
 @torch.inference_mode()
-def score_shard(model: nn.Module, split: Split, world: World, device: torch.device) -> dict[str, float]:
+def score_shard(model: RNNClassifier, split: Split, world: World, device: torch.device) -> dict[str, float]:
     """Eval-mode loss and accuracy on a whole split; each rank scores every world.size-th text."""
     model.eval()
     index = torch.arange(world.rank, len(split), world.size)
     loss_sum, correct = 0.0, 0
-    for batch in index[torch.sort(split.lengths[index], descending=True, stable=True).indices].split(SCORE_BATCH):
+    rows = score_batch_size(model, int(split.lengths.max()))
+    for batch in index[torch.sort(split.lengths[index], descending=True, stable=True).indices].split(rows):
         ids, lengths, labels = split.batch(batch)
         logits = model(ids.to(device, non_blocking=True), lengths).float().cpu()
         loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()

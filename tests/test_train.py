@@ -170,3 +170,31 @@ def test_asking_for_cuda_without_a_device_exits_2(prepared):
     assert result.exit_code == 2
     assert "train.device: cuda was asked for but no CUDA device is available" in result.output
     assert not Path("models/birnn").exists()
+
+
+@pytest.mark.parametrize(
+    "arch", [{}, {"bidirectional": True}, {"bidirectional": True, "num_layers": 2, "hidden_dim": 44}]
+)
+def test_scoring_batches_hold_their_states_within_budget_and_score_the_same(arch):
+    from pipeline.data import SCORE_STATE_BYTES, Split, score_batch_size
+    from pipeline.distributed import World
+    from pipeline.models import ModelConfig, RNNClassifier
+    from pipeline.train import score_shard
+
+    torch.manual_seed(0)
+    model = RNNClassifier(ModelConfig(vocab_size=30, num_classes=3, embed_dim=8, **arch))
+    directions = 2 if model.cfg.bidirectional else 1
+    row = directions * model.cfg.num_layers * model.cfg.hidden_dim * 100 * 4  # bytes of states per text
+    rows = score_batch_size(model, 100)
+    assert rows & (rows - 1) == 0 and 16 <= rows <= 1024
+    assert rows * row <= SCORE_STATE_BYTES < 2 * rows * row
+    assert score_batch_size(model, 1) == 1024 and score_batch_size(model, 10**6) == 16
+    # A split of several batches scores as one batch does (padding and batching change nothing).
+    lengths = torch.randint(1, 101, (3 * rows + 5,), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(2, 30, (len(lengths), 100)) * (torch.arange(100)[None, :] < lengths[:, None])
+    split = Split(ids, lengths, torch.randint(0, 3, (len(lengths),)))
+    batched = score_shard(model, split, World(), torch.device("cpu"))
+    with torch.inference_mode():
+        logits = model.eval()(ids, lengths)
+    assert batched["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, split.labels).item(), rel=1e-5)
+    assert batched["accuracy"] * len(lengths) == pytest.approx(int((logits.argmax(1) == split.labels).sum()))
