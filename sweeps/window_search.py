@@ -31,7 +31,6 @@ import argparse
 import hashlib
 import json
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -45,35 +44,11 @@ sys.path.insert(0, str(ROOT))  # this checkout's pipeline package, whatever is i
 
 from pipeline import io  # noqa: E402
 from pipeline import params as params_module  # noqa: E402
-from pipeline.models import ModelConfig, RNNClassifier, count_parameters  # noqa: E402
 
-SEEDS = (42, 43, 44)
-SAMPLE_SEED = 20240  # picks the sampled BiRNN settings; change it for a different sample
-DROPOUT = (0.3, 0.5, 0.7)
-WORD_DROPOUT = (0.3, 0.5, 0.7)
-HIDDEN_DIM = (48, 64, 80, 96)  # parameter_ratio drops the widths over the size rule per vocabulary
-# (train.weight_decay, prepare.max_vocab, prepare.max_len): the defaults first, then one step along
-# each axis, then all three towards a smaller, more regularised model.
-CONTEXTS = (
-    (0.3, 1000, 100),
-    (1.0, 1000, 100),
-    (0.1, 1000, 100),
-    (0.3, 500, 100),
-    (0.3, 2000, 100),
-    (0.3, 1000, 50),
-    (0.3, 1000, 200),
-    (1.0, 500, 50),
-)
-SAMPLED = {0: 11}  # sampled BiRNN settings per context (context index: count); others get 3
-KEYS = (
-    "birnn.dropout",
-    "birnn.word_dropout",
-    "birnn.hidden_dim",
-    "train.weight_decay",
-    "prepare.max_vocab",
-    "prepare.max_len",
-)
-CLASSES = 5  # BBC News's topics; each run's parameter count in its summary confirms it
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the modules beside this script
+from window_report import decide, render  # noqa: E402
+from window_space import KEYS, SAMPLE_SEED, SEEDS, configurations  # noqa: E402
+
 OUT = ROOT / "sweeps" / "window_search"
 POLL_S = 20
 
@@ -83,52 +58,6 @@ def sh(*args: str, env: dict | None = None) -> str:
     if done.returncode:
         sys.exit(f"error: `{' '.join(args)}` failed: {(done.stderr or done.stdout).strip()[-600:]}")
     return done.stdout
-
-
-def parameters(p, hidden_dim: int, max_vocab: int) -> tuple[int, int]:
-    """(BiRNN, baseline) trainable parameters, counted on the built models. The vocabulary is
-    max_vocab: BBC News has over 16,000 training words seen twice, so the cap always binds
-    (each run's summary confirms the BiRNN's count)."""
-    base = ModelConfig.from_params(p.baseline, vocab_size=max_vocab, num_classes=CLASSES)
-    birnn = ModelConfig.from_params(p.birnn, vocab_size=max_vocab, num_classes=CLASSES)
-    birnn = ModelConfig(**{**birnn.__dict__, "hidden_dim": hidden_dim})
-    return count_parameters(RNNClassifier(birnn)), count_parameters(RNNClassifier(base))
-
-
-def configurations(p) -> list[dict]:
-    """The defaults first, then per context its default BiRNN and a seeded sample of the grid."""
-    default = dict(
-        zip(
-            KEYS,
-            (
-                p.birnn.dropout,
-                p.birnn.word_dropout,
-                p.birnn.hidden_dim,
-                p.train.weight_decay,
-                p.prepare.max_vocab,
-                p.prepare.max_len,
-            ),
-            strict=True,
-        )
-    )
-    if tuple(default[k] for k in KEYS[3:]) != CONTEXTS[0]:
-        sys.exit("error: CONTEXTS[0] must be params.yaml's (weight_decay, max_vocab, max_len)")
-    limit, rng = p.compare.targets.max_parameter_ratio, random.Random(SAMPLE_SEED)
-
-    def ratio(h: int, vocab: int) -> float:
-        birnn, base = parameters(p, h, vocab)
-        return birnn / base
-
-    configs = []
-    for index, context in enumerate(CONTEXTS):
-        fits = [(d, w, h) for d in DROPOUT for w in WORD_DROPOUT for h in HIDDEN_DIM if ratio(h, context[1]) <= limit]
-        anchor = tuple(default[k] for k in KEYS[:3])
-        for birnn in (anchor, *rng.sample([c for c in fits if c != anchor], SAMPLED.get(index, 3))):
-            config = dict(zip(KEYS, (*birnn, *context), strict=True))
-            config["parameters"], config["baseline_parameters"] = parameters(p, birnn[2], context[1])
-            config["ratio"] = round(config["parameters"] / config["baseline_parameters"], 4)
-            configs.append(config)
-    return configs
 
 
 def setting(key: str, value) -> str:
@@ -258,106 +187,6 @@ def summarise(name: str, config: dict, exp: dict, seeds, targets) -> dict:
         and config["ratio"] <= targets.max_parameter_ratio
     )
     return row
-
-
-def decide(rows: list[dict], within: float = 0.02) -> dict:
-    best = max(rows, key=lambda r: r["val_accuracy"]["mean"])
-    meeting = [r for r in rows if r["meets_both"]]
-    close = [r for r in meeting if r["val_accuracy"]["mean"] >= best["val_accuracy"]["mean"] - within]
-    pick = max(close, key=lambda r: r["val_accuracy"]["mean"]) if close else None
-    return {
-        "best": best["name"],
-        "meeting_both": [r["name"] for r in meeting],
-        "within": within,
-        "proposed_default": pick["name"] if pick else None,
-        "best_meeting": max(meeting, key=lambda r: r["val_accuracy"]["mean"])["name"] if meeting else None,
-    }
-
-
-def pct(s: dict) -> str:
-    return f"{100 * s['mean']:.1f} ± {100 * s['sd']:.1f}"
-
-
-def row_line(i: int, r: dict, n: int) -> str:
-    cells = [
-        i,
-        r["name"] + (" ✓" if r["meets_both"] else ""),
-        *(r[k] for k in KEYS),
-        f"{r['ratio']:.2f}",
-        pct(r["val_accuracy"]),
-        pct(r["train_accuracy"]),
-        f"{100 * r['gap']['mean']:.1f}",
-        f"{r['seeds_val_met']}/{n}",
-        f"{r['seeds_train_met']}/{n}",
-        f"{r['seeds_at_epoch_limit']}/{n}",
-        ", ".join(str(s["best_epoch"]) for s in r["per_seed"].values()),
-    ]
-    return "| " + " | ".join(map(str, cells)) + " |"
-
-
-def verdict(rows: list[dict], d: dict, floor: str, ceiling: str) -> str:
-    by_name = {r["name"]: r for r in rows}
-    best = by_name[d["best"]]
-    best_text = f"{best['name']} ({pct(best['val_accuracy'])} % val, {pct(best['train_accuracy'])} % train)"
-    if d["proposed_default"]:
-        p = by_name[d["proposed_default"]]
-        return (
-            f"**{p['name']} meets both targets on the mean, within {100 * d['within']:g} points of the best mean "
-            f"val accuracy**: {pct(p['val_accuracy'])} % val and {pct(p['train_accuracy'])} % train; the best is "
-            f"{best_text}. It is the proposed new default."
-        )
-    if d["best_meeting"]:
-        m = by_name[d["best_meeting"]]
-        cost = 100 * (best["val_accuracy"]["mean"] - m["val_accuracy"]["mean"])
-        return (
-            f"**The ceiling costs accuracy.** {len(d['meeting_both'])} of {len(rows)} configurations meet "
-            f"val ≥ {floor} and train < {ceiling} on the mean. The best of them, {m['name']}, reaches "
-            f"{pct(m['val_accuracy'])} % val ({pct(m['train_accuracy'])} % train), {cost:.1f} points below the "
-            f"best configuration, {best_text}; the rule allows {100 * d['within']:g}."
-        )
-    return (
-        f"**The ceiling costs accuracy.** None of the {len(rows)} configurations meets val ≥ {floor} and "
-        f"train < {ceiling} on the mean. The best is {best_text}."
-    )
-
-
-def render(result: dict, top: int = 12) -> str:
-    rows, n, t = result["configurations"], len(result["seeds"]), result["targets"]
-    floor, ceiling = f"{100 * t['min_val_accuracy']:g} %", f"{100 * t['max_train_accuracy']:g} %"
-    head = ["#", "experiment", "dropout", "word dropout", "hidden", "weight decay", "vocab", "tokens"]
-    head += ["size ratio", "val acc %", "train acc %", "gap pp", f"seeds val ≥ {floor}"]
-    head += [f"seeds train < {ceiling}", "seeds ended by the epoch limit", "kept epochs"]
-    table = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
-    table += [row_line(i, r, n) for i, r in enumerate(rows, 1) if i <= top or r["meets_both"]]
-    commit, seeds = result["commit"][:10], ", ".join(map(str, result["seeds"]))
-    intro = (
-        f"{len(rows)} BiRNN configurations × {n} seeds ({seeds}), made by `make sweep` (sweeps/window_search.py, "
-        f"sample seed {result['sample_seed']}). Accuracies are eval-mode, on the whole split, at the epoch early "
-        "stopping kept (lowest validation loss), mean ± sd across seeds; the size ratio is BiRNN / baseline "
-        f"parameters at that vocabulary (limit {t['max_parameter_ratio']:g}). Sorted by mean val accuracy; shown: "
-        f"the top {top} and every configuration meeting val ≥ {floor} and train < {ceiling} on the mean (✓). "
-        "Test accuracy was not used."
-    )
-    how = (
-        f"Each configuration is a DVC experiment of commit {commit} (`dvc exp show --rev {commit}`) whose "
-        "targets are the BiRNN's trainings, train@birnn-<seed>; its figures are in the experiment's "
-        "metrics/train/birnn/seed<S>.json (`dvc exp show`'s compare.json columns are the base commit's). "
-        f"Wall time: {result['wall_seconds']:.0f} s for {result['experiments_run']} experiments run by "
-        f"{result['jobs']} queue workers with OMP_NUM_THREADS=1 ({result['train_seconds']:.0f} s of training "
-        "in all). Every configuration's numbers: sweeps/window_search.json."
-    )
-    lines = ["# The seed's training window, searched", "", intro, "", verdict(rows, result["decision"], floor, ceiling)]
-    window = [r for r in rows if r["meets_both"]]
-    if window:
-        capped = sum(r["seeds_at_epoch_limit"] > 0 for r in window)
-        lines += [
-            "",
-            f"{capped} of the {len(window)} configurations in the window have runs that the epoch limit "
-            f"(train.max_epochs = {result['max_epochs']}) ended before early stopping could: their validation loss "
-            f"had improved within the last {result['patience']} epochs, so with a higher limit they may keep a later, "
-            "better-fitted epoch (column: seeds ended by the epoch limit).",
-        ]
-    return "\n".join([*lines, "", *table, "", how, ""])
 
 
 def main() -> None:
