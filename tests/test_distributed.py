@@ -152,12 +152,12 @@ def test_scoring_across_ranks_counts_every_text_once():
         "labels": labels,
     }
     context = mp.get_context("spawn")
-    queue = context.SimpleQueue()
+    queue = context.Queue()
     port = _free_port()
     workers = [context.Process(target=_score_on_rank, args=(r, 2, port, state, queue)) for r in range(2)]
     for w in workers:
         w.start()
-    results = dict(queue.get() for _ in workers)
+    results = dict(queue.get(timeout=120) for _ in workers)  # a rank that died must fail the test, not hang it
     for w in workers:
         w.join(timeout=60)
         assert w.exitcode == 0
