@@ -213,3 +213,9 @@ def fused_rnn(
         w_hh = torch.stack([getattr(rnn, "weight_hh" + s) for s in suffixes])  # (D, H, H)
         out = TanhRecurrence.apply(pre, w_hh, steps).view(directions, steps, batch, -1)  # (D, T, B, H)
     return out
+
+
+if __name__ == "__main__":
+    # `make install` builds the kernels here, so no training stage pays the one-time compile.
+    kernel = compiled()
+    print(f"C++ recurrence: {kernel.__file__}" if kernel is not None else "C++ recurrence: unavailable")
