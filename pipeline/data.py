@@ -24,7 +24,7 @@ PREPARED = Path("data/prepared")
 BUCKET_BATCHES = 50  # batches per bucketing pool: texts are sorted by length within a pool
 # Scoring runs in batches whose recurrent states, (D, T, B, H) floats per layer, stay in
 # cache; more rows per batch only spill to memory. On the BBC train split (2 threads), these
-# batches against 1024 rows: baseline 1.04x, BiRNN 1.61x, stacked 1.78x the texts per second
+# batches against 1024 rows: baseline 1.94x, BiRNN 1.69x, stacked 1.74x the texts per second
 # (benchmarks/train_throughput.py --part scoring, medians of 9 interleaved rounds).
 SCORE_STATE_BYTES = 12 << 20
 
