@@ -41,7 +41,7 @@ def repo_env(repo: Path, **extra: str) -> dict[str, str]:
 def runner(repo: Path, env: dict[str, str]) -> Callable[..., str]:
     """sh(*args): run a command in the repo, fail the test with its output unless it exits 0."""
 
-    def sh(*args: str, timeout: float = 300) -> str:
+    def sh(*args: str, timeout: float = 600) -> str:
         done = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
         output = done.stdout + done.stderr
         assert done.returncode == 0, f"{' '.join(args)} failed ({done.returncode}):\n{output[-3000:]}"
@@ -55,16 +55,21 @@ def ran(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
-def make_repo(repo: Path, params: dict | None = None) -> dict[str, str]:
-    """A committed git + DVC repo at `repo` with the pipeline, the tiny corpus and `params`
-    (tiny by default); returns the environment to run dvc and pipeline in it."""
-    repo.mkdir(parents=True)
+def write_project(repo: Path, params: dict | None = None) -> None:
+    """The pipeline's code and dvc.yaml, the tiny corpus and `params` (tiny by default) in `repo`."""
+    repo.mkdir(parents=True, exist_ok=True)
     shutil.copytree(ROOT / "pipeline", repo / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".dvcignore", "pyproject.toml", ".gitignore"):
         shutil.copy2(ROOT / name, repo / name)
     (repo / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in make_corpus()), encoding="utf-8")
     params = tiny_params_dict() if params is None else params
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def make_repo(repo: Path, params: dict | None = None) -> dict[str, str]:
+    """A committed git + DVC repo at `repo` with the pipeline, the tiny corpus and `params`
+    (tiny by default); returns the environment to run dvc and pipeline in it."""
+    write_project(repo, params)
     env = repo_env(repo)
     sh = runner(repo, env)
     sh("git", "init", "-q")

@@ -8,18 +8,15 @@ metrics diff shows only headline figures), add a seed (only that seed's runs tra
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, make_corpus, tiny_params_dict
+from conftest import ROOT
+from dvc_repo import BIN, ran, repo_env, runner, write_project
 
-BIN = Path(sys.executable).parent  # the venv's bin: dvc, and the `pipeline` console script
 MODELS = ("baseline", "birnn", "stacked")
 SEEDS = (7, 8)  # conftest's tiny train.seeds; 7, the first, is the served seed
 
@@ -31,41 +28,6 @@ def _runs(models=MODELS, seeds=SEEDS) -> set[str]:
 # check-params runs first on any change to params.yaml; its output never changes.
 ALL_STAGES = {"check-params", "download", "prepare", *_runs(), *(f"publish@{m}" for m in MODELS), "evaluate", "compare"}
 AFTER_BIRNN = {"check-params", *_runs(["birnn"]), "publish@birnn", "evaluate", "compare"}
-
-
-def _make_repo(repo: Path) -> dict[str, str]:
-    shutil.copytree(ROOT / "pipeline", repo / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore", "pyproject.toml", ".gitignore"):
-        shutil.copy2(ROOT / name, repo / name)
-    (repo / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in make_corpus()), encoding="utf-8")
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(), sort_keys=False))
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        # The copy, not the editable install's /work/main, is what the stages import.
-        "PYTHONPATH": str(repo),
-        "DVC_NO_ANALYTICS": "1",
-        "DVC_SITE_CACHE_DIR": str(repo.parent / "dvc-site-cache"),
-        "GIT_AUTHOR_NAME": "e2e",
-        "GIT_AUTHOR_EMAIL": "e2e@example.com",
-        "GIT_COMMITTER_NAME": "e2e",
-        "GIT_COMMITTER_EMAIL": "e2e@example.com",
-    }
-    return env
-
-
-def _runner(repo: Path, env: dict[str, str]):
-    def sh(*args: str) -> str:
-        done = subprocess.run(args, check=False, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
-        output = done.stdout + done.stderr
-        assert done.returncode == 0, f"{' '.join(args)} failed ({done.returncode}):\n{output[-3000:]}"
-        return output
-
-    return sh
-
-
-def _ran(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
 
 
 def _edit_params(repo: Path, edit) -> None:
@@ -96,8 +58,9 @@ def test_dvc_repro_seeds_metrics_and_plots(tmp_path):
         pytest.skip("dvc needs git, which is not installed")
     repo = tmp_path / "repo"
     repo.mkdir()
-    env = _make_repo(repo)
-    sh = _runner(repo, env)
+    write_project(repo)
+    env = repo_env(repo)
+    sh = runner(repo, env)
     sh("git", "init", "-q")
     sh(str(BIN / "dvc"), "init", "-q")
     shutil.copy2(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
@@ -114,7 +77,7 @@ def test_dvc_repro_seeds_metrics_and_plots(tmp_path):
         sh("git", "commit", "-qm", message)
 
     # 1. The whole pipeline runs once: one training run per model and seed, then nothing is left to do.
-    assert _ran(dvc("repro")) == ALL_STAGES
+    assert ran(dvc("repro")) == ALL_STAGES
     for model in MODELS:
         runs = {p.name for p in (repo / "models" / model).glob("seed*.pt")}
         assert runs == {f"seed{s}.pt" for s in SEEDS}
@@ -134,14 +97,14 @@ def test_dvc_repro_seeds_metrics_and_plots(tmp_path):
     assert (repo / "metrics" / "figures" / "confusion_matrices.png").read_bytes()[:4] == b"\x89PNG"
     commit("first run")
     again = dvc("repro")
-    assert _ran(again) == set()
+    assert ran(again) == set()
     assert "Data and pipelines are up to date" in again
 
     # 2. A BiRNN param: only the BiRNN's runs are stale; they and what reads them rerun.
     baseline_and_stacked = {**_bytes(repo, "models/baseline/seed*.pt"), **_bytes(repo, "models/stacked/seed*.pt")}
     _edit_params(repo, lambda raw: raw["birnn"].update(dropout=0.2))
     assert set(json.loads(dvc("status", "--json"))) == {"check-params", *_runs(["birnn"])}
-    assert _ran(dvc("repro")) == AFTER_BIRNN
+    assert ran(dvc("repro")) == AFTER_BIRNN
     assert {
         **_bytes(repo, "models/baseline/seed*.pt"),
         **_bytes(repo, "models/stacked/seed*.pt"),
@@ -164,11 +127,11 @@ def test_dvc_repro_seeds_metrics_and_plots(tmp_path):
     trained = _bytes(repo, "models/*/seed*.pt")
     served = _bytes(repo, "models/*.pt")
     _edit_params(repo, lambda raw: raw["train"].update(seeds=[*SEEDS, 9]))
-    ran = _ran(dvc("repro"))
-    assert {stage for stage in ran if stage.startswith("train@")} == _runs(seeds=[9])
+    stages = ran(dvc("repro"))
+    assert {stage for stage in stages if stage.startswith("train@")} == _runs(seeds=[9])
     assert (
         {"evaluate", "compare"}
-        <= ran
+        <= stages
         <= _runs(seeds=[9]) | {f"publish@{m}" for m in MODELS} | {"check-params", "evaluate", "compare"}
     )
     assert {k: v for k, v in _bytes(repo, "models/*/seed*.pt").items() if "seed9" not in k} == trained
