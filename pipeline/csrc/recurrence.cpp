@@ -22,14 +22,15 @@
 
 namespace {
 
-// Calls body(direction, first row, rows) for every unit of a (D, T, B, H) tensor.
+// MKL's per-thread thread count (looked up at run time; absent from other BLAS builds): a unit
+// is already one of the threads, and MKL would otherwise split each tiny product again.
 using SetThreadsLocal = int (*)(int);
 SetThreadsLocal mkl_threads_local() {
   static const SetThreadsLocal fn = reinterpret_cast<SetThreadsLocal>(dlsym(RTLD_DEFAULT, "MKL_Set_Num_Threads_Local"));
   return fn;
 }
 
-// C (n x m, row-major, rows of length ldc) += A (n x k, row-major) B (k x m, row-major), by the
+// C (n x m) += A (n x k) B (k x m), all row-major and contiguous, by the
 // BLAS that torch links (MKL's Fortran sgemm_/dgemm_, looked up at run time), with no ATen op
 // and no tensor per call: at batch 32 the dispatch and the views cost more than the product.
 using Gemm = void (*)(const char*, const char*, const int*, const int*, const int*, const void*, const void*,
@@ -55,6 +56,7 @@ void gemm_acc(int64_t n, int64_t m, int64_t k, const T* a, const T* b, T* c, con
   out.addmm_(at::from_blob(const_cast<T*>(a), {n, k}, options), at::from_blob(const_cast<T*>(b), {k, m}, options));
 }
 
+// Calls body(direction, first row, rows) for every unit of a (D, T, B, H) tensor.
 template <typename Body>
 void for_each_unit(const at::Tensor& x, int64_t chunks, const Body& body) {
   const int64_t directions = x.size(0), batch = x.size(2);
@@ -82,7 +84,7 @@ void for_each_unit(const at::Tensor& x, int64_t chunks, const Body& body) {
 // tanh is computed as 2 sigmoid(2z) - 1 (ATen's sigmoid is several times faster than its
 // tanh on a CPU): with s = (h + 1) / 2 the recurrence becomes
 //   s_t = sigmoid(2 pre_t - 2 W_d 1 + s_{t-1} (4 W_d)^T),  s_{-1} = 1/2,
-// one addmm_ and one sigmoid_ per step. The affine maps in and out of s run on each step's
+// one product and one sigmoid_ per step. The affine maps in and out of s run on each step's
 // rows while they are in cache, rather than as passes over the whole tensor.
 void forward_(at::Tensor& pre, const at::Tensor& weight, int64_t chunks) {
   const at::Tensor shift = weight.sum(2).mul(2).contiguous();  // (D, H)
