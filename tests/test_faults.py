@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from test_dvc_e2e import BIN, _make_repo, _runner
+from dvc_repo import BIN, repo_env, runner, write_project
 
 pytestmark = pytest.mark.e2e
 
@@ -45,9 +45,9 @@ PLAN = {
 
 
 def _init(repo: Path):
-    repo.mkdir(parents=True)
-    env = _make_repo(repo)
-    sh = _runner(repo, env)
+    write_project(repo)
+    env = repo_env(repo)
+    sh = runner(repo, env)
     sh("git", "init", "-q")
     sh(str(BIN / "dvc"), "init", "-q")
     (repo / ".dvc" / "config").write_text("[core]\n    analytics = false\n    check_update = false\n")
