@@ -121,8 +121,12 @@ class RNNClassifier(nn.Module):
 
     def _fused_features(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The tanh RNN on the padded batch, time-major (pipeline.recurrence)."""
-        x = self.dropout(self.embedding(ids.t()))  # (T, B, E)
-        out = fused_rnn(self.rnn, x, lengths, self.dropout)  # (D, T, B, H)
+        if (self.cfg.dropout == 0 or not self.training) and ids.numel() >= self.cfg.vocab_size:
+            # No dropout on the embeddings: project the vocabulary once, then look tokens up.
+            out = fused_rnn(self.rnn, ids.t(), lengths, self.dropout, embedding=self.embedding.weight)
+        else:
+            x = self.dropout(self.embedding(ids.t()))  # (T, B, E)
+            out = fused_rnn(self.rnn, x, lengths, self.dropout)  # (D, T, B, H)
         if self.cfg.readout == "final":
             # Step length - 1 holds both directions' final states (see fused_rnn).
             pooled = out[:, lengths - 1, torch.arange(len(lengths), device=out.device)]  # (D, B, H)

@@ -123,7 +123,7 @@ _KERNEL: ModuleType | bool | None = None  # False: tried and unavailable
 class TanhRecurrence(torch.autograd.Function):
     """h_t = tanh(pre_t + h_{t-1} W_d^T), h_0 = 0, for pre (D, T * B, H) and weight (D, H, H).
 
-    Returns the states in pre's own buffer, (D, T * B, H).
+    Returns the states in pre's own buffer, in pre's shape: (D, T * B, H) or (D * T * B, H).
     """
 
     @staticmethod
@@ -132,7 +132,7 @@ class TanhRecurrence(torch.autograd.Function):
         # states are written into it in place, saving a (D, T, B, H) copy. It must not be a
         # view: autograd would then copy the whole base twice on the way back.
         ctx.mark_dirty(flat)
-        pre = flat.view(flat.size(0), steps, -1, flat.size(-1))
+        pre = flat.view(weight.size(0), steps, -1, flat.size(-1))
         kernel = compiled() if pre.device.type == "cpu" else None
         if kernel is not None:
             kernel.forward_(pre, weight, torch.get_num_threads())
@@ -145,13 +145,13 @@ class TanhRecurrence(torch.autograd.Function):
                 prev = state.baddbmm_(prev, w4_t).sigmoid_()
             pre.mul_(2).sub_(1)
         ctx.save_for_backward(flat, weight)
-        ctx.steps = steps
+        ctx.steps, ctx.shape = steps, flat.shape
         return flat
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
         flat, weight = ctx.saved_tensors
-        out = flat.view(flat.size(0), ctx.steps, -1, flat.size(-1))  # (D, T, B, H)
+        out = flat.view(weight.size(0), ctx.steps, -1, flat.size(-1))  # (D, T, B, H)
         grad_out = grad_out.view_as(out)
         kernel = compiled() if out.device.type == "cpu" else None
         if kernel is not None:
@@ -168,7 +168,7 @@ class TanhRecurrence(torch.autograd.Function):
         directions, hidden = out.size(0), out.size(-1)
         grads = grad[:, 1:].reshape(directions, -1, hidden)
         states = out[:, :-1].reshape(directions, -1, hidden)
-        return grad.view(directions, -1, hidden), grads.transpose(1, 2) @ states, None
+        return grad.view(ctx.shape), grads.transpose(1, 2) @ states, None
 
 
 def reversal_index(lengths: torch.Tensor, steps: int) -> torch.Tensor:
@@ -185,8 +185,21 @@ def _reverse(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.size(-1)).index_select(0, rows).view(x.shape)
 
 
+def _layer_weights(rnn: nn.RNN, layer: int, directions: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One layer's weight_ih (D, H, in), summed biases (D, H) and weight_hh (D, H, H)."""
+    suffixes = [f"_l{layer}", f"_l{layer}_reverse"][:directions]
+    w_ih = torch.stack([getattr(rnn, "weight_ih" + s) for s in suffixes])
+    bias = torch.stack([getattr(rnn, "bias_ih" + s) + getattr(rnn, "bias_hh" + s) for s in suffixes])
+    w_hh = torch.stack([getattr(rnn, "weight_hh" + s) for s in suffixes])
+    return w_ih, bias, w_hh
+
+
 def fused_rnn(
-    rnn: nn.RNN, x: torch.Tensor, lengths: torch.Tensor, dropout: Callable[[torch.Tensor], torch.Tensor]
+    rnn: nn.RNN,
+    x: torch.Tensor,
+    lengths: torch.Tensor,
+    dropout: Callable[[torch.Tensor], torch.Tensor],
+    embedding: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run `rnn` (tanh) over time-major x (T, B, E), each text padded after its end.
 
@@ -194,23 +207,32 @@ def fused_rnn(
     at step t < length it has read the text's last t + 1 tokens. So in both directions step
     length - 1 holds the final state, and pooling over the real steps needs no re-alignment.
     `dropout` acts between stacked layers, as in nn.RNN.
+
+    With `embedding` (V, E), x holds token ids (T, B) and the first layer's input projection
+    is looked up: every token's row of embedding @ W_ih^T + bias is computed once, a (D, V, H)
+    table, instead of once per token. The same sums, and fewer of them when the batch holds
+    more tokens than the vocabulary has rows; it needs the embeddings undropped.
     """
     directions = 2 if rnn.bidirectional else 1
-    index = reversal_index(lengths, x.size(0)) if directions == 2 else None
+    steps, batch = x.shape[:2]
+    index = reversal_index(lengths, steps) if directions == 2 else None
     out = x
     for layer in range(rnn.num_layers):
-        if layer > 0:
-            # The next layer reads both directions in text order: (T, B, D * H).
-            halves = [out[0]] if index is None else [out[0], _reverse(out[1], index)]
-            x = dropout(torch.cat(halves, dim=-1))
-        suffixes = [f"_l{layer}", f"_l{layer}_reverse"][:directions]
-        steps, batch, features = x.shape
-        inputs = [x] if index is None else [x, _reverse(x, index)]  # each direction's reading order
-        w_ih = torch.stack([getattr(rnn, "weight_ih" + s) for s in suffixes])  # (D, H, in)
-        bias = torch.stack([getattr(rnn, "bias_ih" + s) + getattr(rnn, "bias_hh" + s) for s in suffixes])
-        flat = torch.stack(inputs).view(directions, steps * batch, features)  # (D, T*B, in)
-        pre = torch.baddbmm(bias[:, None, :], flat, w_ih.transpose(1, 2))  # (D, T*B, H)
-        w_hh = torch.stack([getattr(rnn, "weight_hh" + s) for s in suffixes])  # (D, H, H)
+        w_ih, bias, w_hh = _layer_weights(rnn, layer, directions)
+        if layer == 0 and embedding is not None:
+            table = torch.baddbmm(bias[:, None, :], embedding.expand(directions, -1, -1), w_ih.transpose(1, 2))
+            ids = x.reshape(-1)  # (T * B,) time-major
+            rows = ids if index is None else torch.cat([ids, ids[index] + len(embedding)])  # (D * T * B,)
+            # Left flat: the recurrence overwrites this fresh buffer in place, which a view is not.
+            pre = table.view(-1, table.size(-1)).index_select(0, rows)  # (D * T * B, H)
+        else:
+            if layer > 0:
+                # The next layer reads both directions in text order: (T, B, D * H).
+                halves = [out[0]] if index is None else [out[0], _reverse(out[1], index)]
+                x = dropout(torch.cat(halves, dim=-1))
+            inputs = [x] if index is None else [x, _reverse(x, index)]  # each direction's reading order
+            flat = torch.stack(inputs).view(directions, steps * batch, x.size(-1))  # (D, T * B, in)
+            pre = torch.baddbmm(bias[:, None, :], flat, w_ih.transpose(1, 2))  # (D, T * B, H)
         out = TanhRecurrence.apply(pre, w_hh, steps).view(directions, steps, batch, -1)  # (D, T, B, H)
     return out
 

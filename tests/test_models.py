@@ -181,3 +181,46 @@ def test_max_over_time_splits_the_gradient_among_ties_like_amax():
     (reference.amax(1) * grad).sum().backward()
     assert torch.allclose(ours.grad, reference.grad)
     assert ours.grad[0, 4, 2].abs().sum() > 0
+
+
+@pytest.mark.parametrize(("bidirectional", "num_layers"), [(False, 1), (True, 1), (True, 2)])
+def test_the_vocabulary_table_and_the_per_token_projection_agree(bidirectional, num_layers):
+    """Looking each token's input projection up in a (D, V, H) table is the same arithmetic as
+    projecting every token: equal states and gradients, and the padding row still learns nothing."""
+    from pipeline.recurrence import fused_rnn
+
+    model = _model(bidirectional=bidirectional, num_layers=num_layers).double()
+    ids, lengths = _batch([9, 1, 4, 9, 6], width=11)
+    upstream = torch.randn(model.num_directions, 11, 5, 5, dtype=torch.float64)
+    results = []
+    for table in (True, False):
+        model.zero_grad()
+        if table:
+            out = fused_rnn(model.rnn, ids.t(), lengths, model.dropout, embedding=model.embedding.weight)
+        else:
+            out = fused_rnn(model.rnn, model.embedding(ids.t()), lengths, model.dropout)
+        real = (torch.arange(11)[:, None] < lengths[None, :])[None, :, :, None]  # what a readout reads
+        (out * upstream * real).sum().backward()
+        results.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (looked_up, table_grads), (projected, token_grads) = results
+    assert torch.allclose(looked_up, projected, atol=1e-12)
+    assert table_grads.keys() == token_grads.keys()
+    for name, grad in token_grads.items():
+        assert torch.allclose(table_grads[name], grad, atol=1e-12), name
+    assert torch.equal(table_grads["embedding.weight"][0], torch.zeros(6, dtype=torch.float64))
+
+
+def test_the_table_is_used_only_where_the_embeddings_are_not_dropped(monkeypatch):
+    """Embedding dropout needs each token's own embedding; eval mode and dropout 0 look tokens up."""
+    from pipeline import models
+
+    calls = []
+    real_fused_rnn = models.fused_rnn
+    monkeypatch.setattr(models, "fused_rnn", lambda *a, **k: calls.append("embedding" in k) or real_fused_rnn(*a, **k))
+    ids, lengths = _batch([9, 1, 4, 9, 6], width=9)  # 45 tokens, a vocabulary of 30
+    for dropout, training, expected in [(0.5, True, False), (0.5, False, True), (0.0, True, True)]:
+        model = _model(bidirectional=True, dropout=dropout).train(training)
+        model(ids, lengths)
+        assert calls.pop() is expected
+    _model(bidirectional=True)(*_batch([3, 2], width=3))  # 6 tokens: projecting them is cheaper
+    assert calls.pop() is False
