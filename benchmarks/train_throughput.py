@@ -7,14 +7,20 @@ it times, in one process and interleaved round by round:
 - peer: the most naive PyTorch code: random batches, `pack_padded_sequence`, `nn.RNN`
   (bidirectional for the BiRNN), the final state, a linear head;
 - project: pipeline.train.train_one_epoch on pipeline.data.bucketed_batches, the stage's real step;
+- per-token: the same step with the first layer's input projection computed for every token
+  instead of looked up in a per-vocabulary table (RNNClassifier.projects_vocabulary), which
+  training uses only where no dropout acts on the embeddings (the baseline);
 
-both with the same data, sizes, batch size, optimizer, learning rate and gradient clipping.
-It prints real tokens per second, project / peer (the median of the per-round ratios), and
-the share of this machine's sgemm roofline (measured here) that the FLOPs of a step reach.
+all with the same data, sizes, batch size, optimizer (AdamW: torch.optim.AdamW for the peer,
+the stage's pipeline.optimizer.FusedAdam for the project), learning rate and gradient clipping.
+It prints real tokens per second, project / peer (the median of the per-round ratios), the
+share of this machine's sgemm roofline (measured here) that the FLOPs of a step reach, and
+project / per-token.
 
 Then scoring, which the train stage does on the whole train and val splits after every
-epoch: pipeline.train.score_shard with batches of 1024 rows (the previous fixed size)
-against batches sized by pipeline.data.score_batch_size, for the three models, interleaved.
+epoch: pipeline.train.score_shard, for the three models, interleaved: batches of 1024 rows
+projecting every token, batches sized by pipeline.data.score_batch_size projecting every
+token, and those batches with the vocabulary table (what the stage does).
 
     python benchmarks/train_throughput.py [--rounds 5] [--batches 24] [--threads N] [--part scoring]
 """
@@ -22,6 +28,7 @@ against batches sized by pipeline.data.score_batch_size, for the three models, i
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from pathlib import Path
@@ -35,6 +42,7 @@ from pipeline import train as train_stage
 from pipeline.data import Split, bucketed_batches, load_split, score_batch_size
 from pipeline.distributed import World
 from pipeline.models import ModelConfig, RNNClassifier
+from pipeline.optimizer import FusedAdam
 from pipeline.train import train_one_epoch
 
 
@@ -94,46 +102,62 @@ def flops_per_token(cfg: ModelConfig) -> float:
     return 3 * forward
 
 
+def per_token(model: RNNClassifier) -> RNNClassifier:
+    """The model, made to project every token's embedding rather than look the projection up."""
+    model.projects_vocabulary = lambda ids: False  # type: ignore[method-assign]
+    return model
+
+
+def _median_ratio(rates: dict[str, list[float]], top: str, bottom: str) -> float:
+    return statistics.median(a / b for a, b in zip(rates[top], rates[bottom], strict=True))
+
+
 def measure(cfg: ModelConfig, split: Split, batch_size: int, t, rounds: int, per_round: int) -> dict:
     torch.manual_seed(0)
-    ours = RNNClassifier(cfg)
-    peer = NaivePeer(cfg)
+    models = {"peer": NaivePeer(cfg), "project": RNNClassifier(cfg), "per-token": per_token(RNNClassifier(cfg))}
     make = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    opt_ours = make(ours.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    opt_peer = make(peer.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    # The peer: torch.optim's class as a tutorial would use it; the project: the stage's own.
+    optimizers = {k: FusedAdam.from_params(m.parameters(), t) for k, m in models.items() if k != "peer"}
+    optimizers["peer"] = make(models["peer"].parameters(), lr=t.lr, weight_decay=t.weight_decay)
     g = torch.Generator().manual_seed(1)
-    rates = {"peer": [], "project": []}
+    rates: dict[str, list[float]] = {k: [] for k in models}
     for round_ in range(rounds + 1):  # round 0 warms up
         plan = bucketed_batches(split.lengths, batch_size, g)[:per_round]
         random_plan = torch.randperm(len(split), generator=g)[: per_round * batch_size].split(batch_size)
-        start = time.perf_counter()
-        tokens = peer_steps(peer, split, opt_peer, t.grad_clip, list(random_plan))
-        peer_rate = tokens / (time.perf_counter() - start)
-        start = time.perf_counter()
-        _, tokens = train_one_epoch(ours, split, plan, opt_ours, t.grad_clip, torch.device("cpu"))
-        ours_rate = tokens / (time.perf_counter() - start)
-        if round_:
-            rates["peer"].append(peer_rate)
-            rates["project"].append(ours_rate)
-    ratio = statistics.median(o / p for o, p in zip(rates["project"], rates["peer"], strict=True))
-    return {k: statistics.median(v) for k, v in rates.items()} | {"ratio": ratio}
+        for arm, model in models.items():
+            start = time.perf_counter()
+            if arm == "peer":
+                tokens = peer_steps(model, split, optimizers[arm], t.grad_clip, list(random_plan))
+            else:
+                _, tokens = train_one_epoch(model, split, plan, optimizers[arm], t.grad_clip, torch.device("cpu"))
+            if round_:
+                rates[arm].append(tokens / (time.perf_counter() - start))
+    return {k: statistics.median(v) for k, v in rates.items()} | {
+        "ratio": _median_ratio(rates, "project", "peer"),
+        "table": _median_ratio(rates, "project", "per-token"),
+    }
 
 
 def measure_scoring(cfg: ModelConfig, split: Split, rounds: int) -> dict:
-    """Texts per second of score_shard: fixed 1024-row batches vs. score_batch_size."""
+    """Texts per second of score_shard: 1024 rows per-token, fitted rows per-token, fitted rows with the table."""
     torch.manual_seed(0)
     model = RNNClassifier(cfg)
     fitted = score_batch_size(model, int(split.lengths.max()))
-    rates: dict[str, list[float]] = {"1024": [], "fitted": []}
+    token_model = per_token(copy.deepcopy(model))
+    arms = {"1024": (token_model, 1024), "fitted": (token_model, fitted), "table": (model, fitted)}
+    rates: dict[str, list[float]] = {k: [] for k in arms}
     for round_ in range(rounds + 1):  # round 0 warms up
-        for arm, rows in (("1024", 1024), ("fitted", fitted)):
+        for arm, (scored, rows) in arms.items():
             train_stage.score_batch_size = lambda model, steps, rows=rows: rows  # type: ignore[assignment]
-            seconds = _timed(lambda: train_stage.score_shard(model, split, World(), torch.device("cpu")))
+            seconds = _timed(lambda m=scored: train_stage.score_shard(m, split, World(), torch.device("cpu")))
             if round_:
                 rates[arm].append(len(split) / seconds)
     train_stage.score_batch_size = score_batch_size
-    ratio = statistics.median(f / o for f, o in zip(rates["fitted"], rates["1024"], strict=True))
-    return {k: statistics.median(v) for k, v in rates.items()} | {"ratio": ratio, "rows": fitted}
+    return {k: statistics.median(v) for k, v in rates.items()} | {
+        "rows": fitted,
+        "vs 1024": _median_ratio(rates, "table", "1024"),
+        "vs fitted": _median_ratio(rates, "table", "fitted"),
+    }
 
 
 def main() -> None:
@@ -154,7 +178,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, sgemm roofline {roofline:.0f} GFLOP/s")
     header = (
         f"{'corpus':<18} {'model':<9} {'batch':>5} {'peer tok/s':>11} {'project tok/s':>14} "
-        f"{'ratio':>6} {'roofline':>8}"
+        f"{'ratio':>6} {'roofline':>8} {'per-token tok/s':>16} {'table':>6}"
     )
     print(header)
     print("-" * len(header))
@@ -166,20 +190,25 @@ def main() -> None:
                 share = r["project"] * flops_per_token(cfg) / (roofline * 1e9)
                 print(
                     f"{corpus:<18} {name:<9} {batch_size:>5} {r['peer'] / 1e3:>10.0f}k "
-                    f"{r['project'] / 1e3:>13.0f}k {r['ratio']:>5.2f}x {share:>7.1%}",
+                    f"{r['project'] / 1e3:>13.0f}k {r['ratio']:>5.2f}x {share:>7.1%} "
+                    f"{r['per-token'] / 1e3:>15.0f}k {r['table']:>5.2f}x",
                     flush=True,
                 )
     if args.part == "training":
         return
     print()
-    header = f"{'scoring (BBC train)':<20} {'model':<9} {'1024 rows texts/s':>18} {'fitted texts/s':>15} {'ratio':>6}"
+    header = (
+        f"{'scoring (BBC train)':<20} {'model':<9} {'1024 rows, per-token':>21} {'fitted, per-token':>18} "
+        f"{'fitted, table':>14} {'vs 1024':>8} {'vs fitted':>9}"
+    )
     print(header)
     print("-" * len(header))
     for name in ("baseline", "birnn", "stacked"):
         cfg = ModelConfig.from_params(p.model(name), vocab_size=vocab_size, num_classes=num_classes)
         r = measure_scoring(cfg, bbc, args.rounds)
         print(
-            f"{'':<20} {name:<9} {r['1024']:>18.0f} {r['fitted']:>10.0f} ({r['rows']:>3}) {r['ratio']:>5.2f}x",
+            f"{'':<20} {name:<9} {r['1024']:>21.0f} {r['fitted']:>12.0f} ({r['rows']:>3}) "
+            f"{r['table']:>14.0f} {r['vs 1024']:>7.2f}x {r['vs fitted']:>8.2f}x",
             flush=True,
         )
 

@@ -119,10 +119,15 @@ class RNNClassifier(nn.Module):
             features = self._packed_features(ids, lengths)
         return self.head(self.dropout(features))  # (B, C)
 
+    def projects_vocabulary(self, ids: torch.Tensor) -> bool:
+        """Whether the tanh RNN reads its first layer's input projection from a per-vocabulary
+        table (pipeline.recurrence.fused_rnn): where no dropout acts on the embeddings, and the
+        batch holds at least as many tokens as the vocabulary, so the table costs less."""
+        return (self.cfg.dropout == 0 or not self.training) and ids.numel() >= self.cfg.vocab_size
+
     def _fused_features(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The tanh RNN on the padded batch, time-major (pipeline.recurrence)."""
-        if (self.cfg.dropout == 0 or not self.training) and ids.numel() >= self.cfg.vocab_size:
-            # No dropout on the embeddings: project the vocabulary once, then look tokens up.
+        if self.projects_vocabulary(ids):
             out = fused_rnn(self.rnn, ids.t(), lengths, self.dropout, embedding=self.embedding.weight)
         else:
             x = self.dropout(self.embedding(ids.t()))  # (T, B, E)

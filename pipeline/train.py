@@ -37,6 +37,7 @@ from pipeline.data import Split, bucketed_batches, load_split, score_batch_size
 from pipeline.distributed import World
 from pipeline.errors import UserError
 from pipeline.models import ModelConfig, RNNClassifier, count_parameters
+from pipeline.optimizer import FusedAdam
 from pipeline.params import Params, TrainParams
 from pipeline.text import Vocab
 
@@ -51,7 +52,7 @@ def train_one_epoch(
     model: nn.Module,
     train: Split,
     batches: list[torch.Tensor],
-    optimizer: torch.optim.Optimizer,
+    optimizer: FusedAdam,
     grad_clip: float | None,
     device: torch.device,
 ) -> tuple[float, int]:
@@ -61,7 +62,7 @@ def train_one_epoch(
     loss_total, seen, tokens = 0.0, 0, 0
     for index in batches:
         ids, lengths, labels = train.batch(index)
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         batch_loss = criterion(model(ids.to(device, non_blocking=True), lengths), labels.to(device))
         batch_loss.backward()
         if grad_clip is not None:
@@ -92,12 +93,6 @@ def score_shard(model: RNNClassifier, split: Split, world: World, device: torch.
         correct += int((logits.argmax(1) == labels).sum())
     total_loss, total_correct, count = distributed.all_sum([loss_sum, correct, len(index)], world, device)
     return {"loss": total_loss / count, "accuracy": total_correct / count}
-
-
-def _make_optimizer(model: nn.Module, t: TrainParams) -> torch.optim.Optimizer:
-    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    # fused: one kernel for all parameters instead of a dozen ops per tensor.
-    return cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=True)
 
 
 class _Progress:
@@ -159,7 +154,7 @@ def fit(
     if world.size > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
         torch.manual_seed(seed + 7919 * world.rank)  # each rank its own dropout masks
-    optimizer = _make_optimizer(model, t)
+    optimizer = FusedAdam.from_params(model.parameters(), t)
     kept: dict = {"epoch": 0, "val_loss": math.inf, "state": None, "scores": {}}
     lowest_val_loss = math.inf
     tokens_total, seconds_total, epochs_run, bad_epochs = 0, 0.0, 0, 0
