@@ -180,9 +180,23 @@ def reversal_index(lengths: torch.Tensor, steps: int) -> torch.Tensor:
     return (source_step * len(lengths) + torch.arange(len(lengths), device=t.device)).view(-1)
 
 
-def _reverse(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Reverse each text of time-major x (T, B, F) with a reversal_index: one row gather."""
-    return x.reshape(-1, x.size(-1)).index_select(0, rows).view(x.shape)
+class Reversal(torch.autograd.Function):
+    """Reverse each text of time-major x (T, B, F) with a reversal_index: one row gather.
+
+    The index is its own inverse (step t < n reads n - 1 - t, whose reverse is t again;
+    padding stays put), so the gradient is the same gather, where index_select's own
+    backward would scatter-add into zeros, several times slower on a CPU and no different.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(rows)
+        return x.reshape(-1, x.size(-1)).index_select(0, rows).view(x.shape)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (rows,) = ctx.saved_tensors
+        return grad.reshape(-1, grad.size(-1)).index_select(0, rows).view(grad.shape), None
 
 
 def _layer_weights(rnn: nn.RNN, layer: int, directions: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -228,9 +242,9 @@ def fused_rnn(
         else:
             if layer > 0:
                 # The next layer reads both directions in text order: (T, B, D * H).
-                halves = [out[0]] if index is None else [out[0], _reverse(out[1], index)]
+                halves = [out[0]] if index is None else [out[0], Reversal.apply(out[1], index)]
                 x = dropout(torch.cat(halves, dim=-1))
-            inputs = [x] if index is None else [x, _reverse(x, index)]  # each direction's reading order
+            inputs = [x] if index is None else [x, Reversal.apply(x, index)]  # each direction's reading order
             flat = torch.stack(inputs).view(directions, steps * batch, x.size(-1))  # (D, T * B, in)
             pre = torch.baddbmm(bias[:, None, :], flat, w_ih.transpose(1, 2))  # (D, T * B, H)
         out = TanhRecurrence.apply(pre, w_hh, steps).view(directions, steps, batch, -1)  # (D, T, B, H)

@@ -224,3 +224,16 @@ def test_the_table_is_used_only_where_the_embeddings_are_not_dropped(monkeypatch
         assert calls.pop() is expected is model.projects_vocabulary(ids)
     _model(bidirectional=True)(*_batch([3, 2], width=3))  # 6 tokens: projecting them is cheaper
     assert calls.pop() is False
+
+
+def test_a_reversal_index_is_its_own_inverse_so_its_gradient_is_the_same_gather():
+    from pipeline.recurrence import Reversal, reversal_index
+
+    lengths, steps = torch.tensor([5, 1, 3, 5]), 6
+    rows = reversal_index(lengths, steps)
+    assert torch.equal(rows[rows], torch.arange(steps * 4))
+    x = torch.randn(steps, 4, 3, dtype=torch.float64, requires_grad=True)
+    reversed_x = Reversal.apply(x, rows)
+    assert torch.equal(reversed_x[:3, 2], x[:3, 2].flip(0))  # a text's real steps, reversed ...
+    assert torch.equal(reversed_x[3:, 2], x[3:, 2])  # ... its padding left in place
+    assert torch.autograd.gradcheck(lambda t: Reversal.apply(t, rows), (x,))
