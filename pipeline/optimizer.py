@@ -5,7 +5,7 @@ with fused=True, the function those classes call themselves: the same arithmetic
 bit (tests/test_train.py). It does without torch.optim.Optimizer, whose first
 add_param_group imports torch's compiler stack (torch._dynamo): about 1 s of every training
 process's start-up on a 2-core machine, for a compiler this project never calls. Its step
-also skips the class's per-step hooks, which cost more than the fused kernel itself.
+skips the class's per-step hooks too, a few microseconds (61-77 vs 67-90 us for the BiRNN).
 """
 
 from __future__ import annotations
