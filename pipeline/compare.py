@@ -90,10 +90,10 @@ def _number(data: Any, keys: tuple[str, ...], path) -> float:
     return data
 
 
-def read_scores(name: str, seeds: tuple[int, ...]) -> tuple[dict[str, dict], int]:
-    """({seed: {split: {accuracy, loss, macro_f1}}}, trainable parameters) from metrics/scores/<name>.json."""
+def read_scores(name: str, seeds: tuple[int, ...], data: Any) -> tuple[dict[str, dict], int]:
+    """({seed: {split: {accuracy, loss, macro_f1}}}, trainable parameters) from metrics/scores/<name>.json,
+    already read as `data`."""
     path = SCORES_DIR / f"{name}.json"
-    data = io.read_json(path, "evaluation scores")
     runs = data.get("seeds") if isinstance(data, dict) else None
     keys = [str(s) for s in seeds] if name not in REFERENCES else ["0"]
     if not isinstance(runs, dict) or any(k not in runs for k in keys):
@@ -119,10 +119,10 @@ def read_predictions(name: str) -> list[tuple[str, str]]:
     return [(row["actual"], row["predicted"]) for row in data]
 
 
-def check_generations(seeds: tuple[int, ...]) -> None:
+def check_generations(seeds: tuple[int, ...], raw: dict[str, Any]) -> None:
     """Refuse inputs from different runs of a stage: new scores beside old predictions, a
-    checkpoint's scores beside another run's summary or curves (pipeline.stamps)."""
-    raw = {name: io.read_json(SCORES_DIR / f"{name}.json", "evaluation scores") for name in (*MODELS, *REFERENCES)}
+    checkpoint's scores beside another run's summary or curves (pipeline.stamps). `raw`: the
+    scores files as read, the same contents that the figures come from."""
     stamps.check_evaluation(raw, SCORES_DIR, PREDICTIONS)
     for name in MODELS:
         for seed in seeds:
@@ -185,9 +185,10 @@ def build(params: Params) -> tuple[dict, dict]:
     """(compare.json: the headline figures, details.json: everything the report shows)."""
     seeds = params.train.seeds
     scores, sizes = {}, {}
+    raw = {name: io.read_json(SCORES_DIR / f"{name}.json", "evaluation scores") for name in (*MODELS, *REFERENCES)}
     for name in (*MODELS, *REFERENCES):
-        scores[name], sizes[name] = read_scores(name, seeds)
-    check_generations(seeds)
+        scores[name], sizes[name] = read_scores(name, seeds, raw[name])
+    check_generations(seeds, raw)
     if sizes["baseline"] <= 0:
         raise UserError(f"{SCORES_DIR}/baseline.json: trainable_parameters must be > 0")
     summaries = {name: summarise(runs) for name, runs in scores.items()}
