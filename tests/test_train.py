@@ -164,7 +164,8 @@ def test_missing_prepared_data_exits_2(tiny_project):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present here")
 def test_asking_for_cuda_without_a_device_exits_2(prepared):
-    raw = Path("params.yaml").read_text().replace("device: auto", "device: cuda")
+    raw = Path("params.yaml").read_text().replace("device: cpu", "device: cuda")
+    assert "device: cuda" in raw
     Path("cuda.yaml").write_text(raw)
     result = CliRunner().invoke(app, ["train", "birnn", "--seed", "7", "--params", "cuda.yaml"])
     assert result.exit_code == 2
