@@ -14,7 +14,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 .PHONY: install repro test lint bench sweep clean
 
 install: $(STAMP) $(PLOTS_PAGE)
-	$(BIN)/python -m pipeline.recurrence
+	$(BIN)/python -m pipeline.model.recurrence
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -27,12 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import checkpoints, io
-from pipeline import params as params_module
-from pipeline.inputs import read_texts
-from pipeline.models import ModelConfig, RNNClassifier
-from pipeline.predict import Classifier, default_workers, load_classifier, predict
-from pipeline.text import PAD, UNK, Vocab
+from pipeline.core import files
+from pipeline.core import params as params_module
+from pipeline.data.inputs import read_texts
+from pipeline.data.text import PAD, UNK, Vocab
+from pipeline.model import checkpoints
+from pipeline.model.network import ModelConfig, RNNClassifier
+from pipeline.stages.predict import Classifier, default_workers, load_classifier, predict
 
 ROOT = Path(__file__).resolve().parents[1]
 BBC_LABELS = ["business", "entertainment", "politics", "sport", "tech"]
@@ -47,14 +48,14 @@ def synthetic_classifier(folder: Path, seed: int = 0) -> Classifier:
     while len(words) < params.prepare.max_vocab - 2:
         words.add("".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), rng.integers(2, 11))))
     vocab = Vocab((PAD, UNK, *sorted(words)))
-    io.write_text(folder / "vocab.json", vocab.to_json())
+    files.write_text(folder / "vocab.json", vocab.to_json())
     cfg = ModelConfig.from_params(params.birnn, vocab_size=len(vocab), num_classes=len(BBC_LABELS))
     torch.manual_seed(seed)
     checkpoint = {
         "model": RNNClassifier(cfg).state_dict(),
         "config": asdict(cfg),
         "labels": BBC_LABELS,
-        "vocab_sha256": io.sha256_file(folder / "vocab.json"),
+        "vocab_sha256": files.sha256_file(folder / "vocab.json"),
         "encoding": {"max_len": params.prepare.max_len, "keep": params.prepare.keep},
         "epoch": 0,
         "best_val_loss": float("nan"),
@@ -90,7 +91,7 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=TARGET_TEXTS)
     parser.add_argument("--sample", type=int, default=300, help="texts timed for (b) and (c)")
     args = parser.parse_args()
-    torch.set_num_threads(1)  # as pipeline.predict.run does
+    torch.set_num_threads(1)  # as pipeline.stages.predict.run does
 
     with tempfile.TemporaryDirectory(prefix="predict-bench-") as tmp:
         model_file, vocab_file = ROOT / "models/birnn.pt", ROOT / "data/prepared/vocab.json"

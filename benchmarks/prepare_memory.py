@@ -29,7 +29,7 @@ from pathlib import Path
 import rss
 import yaml
 
-from pipeline.sources import Tally, bbc
+from pipeline.data.sources import Tally, bbc
 
 ROOT = Path(__file__).resolve().parents[1]
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")

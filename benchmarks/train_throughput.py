@@ -6,20 +6,20 @@ it times, in one process and interleaved round by round:
 
 - peer: the most naive PyTorch code: random batches, `pack_padded_sequence`, `nn.RNN`
   (bidirectional for the BiRNN), the final state, a linear head;
-- project: pipeline.train.train_one_epoch on pipeline.data.bucketed_batches, the stage's real step;
+- project: pipeline.stages.train.train_one_epoch on pipeline.data.splits.bucketed_batches, the stage's real step;
 - per-token: the same step with the first layer's input projection computed for every token
   instead of looked up in a per-vocabulary table (RNNClassifier.projects_vocabulary), which
   training uses only where no dropout acts on the embeddings (the baseline);
 
 all with the same data, sizes, batch size, optimizer (AdamW: torch.optim.AdamW for the peer,
-the stage's pipeline.optimizer.FusedAdam for the project), learning rate and gradient clipping.
+the stage's pipeline.model.optimizer.FusedAdam for the project), learning rate and gradient clipping.
 It prints real tokens per second, project / peer (the median of the per-round ratios), the
 share of this machine's sgemm roofline (measured here) that the FLOPs of a step reach, and
 project / per-token.
 
 Then scoring, which the train stage does on the whole train and val splits after every
-epoch: pipeline.train.score_shard, for the three models, interleaved: batches of 1024 rows
-projecting every token, batches sized by pipeline.data.score_batch_size projecting every
+epoch: pipeline.stages.train.score_shard, for the three models, interleaved: batches of 1024 rows
+projecting every token, batches sized by pipeline.data.splits.score_batch_size projecting every
 token, and those batches with the vocabulary table (what the stage does).
 
     python benchmarks/train_throughput.py [--rounds 5] [--batches 24] [--threads N] [--part scoring]
@@ -37,13 +37,13 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from pipeline import params as params_module
-from pipeline import train as train_stage
-from pipeline.data import Split, bucketed_batches, load_split, score_batch_size
-from pipeline.distributed import World
-from pipeline.models import ModelConfig, RNNClassifier
-from pipeline.optimizer import FusedAdam
-from pipeline.train import train_one_epoch
+from pipeline.core import params as params_module
+from pipeline.core.distributed import World
+from pipeline.data.splits import Split, bucketed_batches, load_split, score_batch_size
+from pipeline.model.network import ModelConfig, RNNClassifier
+from pipeline.model.optimizer import FusedAdam
+from pipeline.stages import train as train_stage
+from pipeline.stages.train import train_one_epoch
 
 
 class NaivePeer(nn.Module):

@@ -14,8 +14,8 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from pipeline import process
-from pipeline.errors import UserError
+from pipeline.core import process
+from pipeline.core.errors import UserError
 
 app = typer.Typer(
     help="Reproducible RNN vs. bidirectional-RNN text classification, one command per DVC stage.",
@@ -70,12 +70,12 @@ def _run_stage(stage: str, params: Path, sections: tuple[str, ...], *args: objec
     """
 
     def work() -> None:
-        from pipeline import params as params_module
+        from pipeline.core import params as params_module
 
         process.stop_with_parent()
         loaded = params_module.load(params, sections)
         with process.exclusive(run or stage):
-            importlib.import_module(f"pipeline.{stage}").run(loaded, *args)
+            importlib.import_module(f"pipeline.stages.{stage}").run(loaded, *args)
 
     _guard(work)
 
@@ -90,11 +90,11 @@ def check_params(params: ParamsPath = Path("params.yaml")) -> None:
     """Validate every section of params.yaml; as the first DVC stage, before any output is removed."""
 
     def work() -> None:
-        from pipeline import io
-        from pipeline import params as params_module
+        from pipeline.core import files
+        from pipeline.core import params as params_module
 
         params_module.load(params)
-        io.write_text(
+        files.write_text(
             PARAMS_CHECKED, "Every section of the params file was valid; written by `pipeline check-params`.\n"
         )
 
@@ -174,7 +174,7 @@ def predict(
     ] = Device.cpu,
 ) -> None:
     """Label new texts with a trained model: TEXT arguments, or a file of texts (--file)."""
-    from pipeline import predict as stage
+    from pipeline.stages import predict as stage
 
     _guard(
         lambda: stage.run(
@@ -203,7 +203,7 @@ def export(
     ] = None,
 ) -> None:
     """Write a checkpoint as TorchScript and a JSON sidecar (vocabulary, labels, tokenizer): no pipeline needed."""
-    from pipeline import export as stage
+    from pipeline.stages import export as stage
 
     _guard(lambda: stage.run(model, out))
 
@@ -213,7 +213,7 @@ def plots_template(
     output: Annotated[Path, typer.Option("--output", help="Where to write the page.", dir_okay=False)] = PLOTS_PAGE,
 ) -> None:
     """Write the offline page for `dvc plots show|diff` (.dvc/config's plots.html_template)."""
-    from pipeline import plots_template as page
+    from pipeline.report import plots_page as page
 
     _guard(lambda: page.run(output))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import sys
 
-from pipeline.models import ModelConfig, RNNClassifier, count_parameters
+from pipeline.model.network import ModelConfig, RNNClassifier, count_parameters
 
 # The searched settings, in the table's column order.
 KEYS = (

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from pipeline import checkpoints
-from pipeline.models import ModelConfig, RNNClassifier
-from pipeline.text import PAD, UNK, Vocab
+from pipeline.data.text import PAD, UNK, Vocab
+from pipeline.model import checkpoints
+from pipeline.model.network import ModelConfig, RNNClassifier
 
 WORDS = "match goal team bank market shares chip phone don't zürich's 3 5 full width".split()
 LABELS = ("money", "sport", "tech")

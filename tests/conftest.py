@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import params as params_module
+from pipeline.core import params as params_module
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,8 +19,8 @@ import torch
 from test_compare import SEEDS, _set_seeds, write_inputs
 from typer.testing import CliRunner
 
-from pipeline import io
 from pipeline.cli import app
+from pipeline.core import files
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,5 +131,5 @@ def test_scores_holding_infinity_are_refused_and_compare_json_stays_strict(tiny_
 @pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
 def test_no_json_output_can_hold_a_non_finite_number(tmp_path, value):
     with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
-        io.write_json(tmp_path / "out.json", {"p_value": value})
+        files.write_json(tmp_path / "out.json", {"p_value": value})
     assert list(tmp_path.iterdir()) == []

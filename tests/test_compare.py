@@ -10,8 +10,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from pipeline import compare
 from pipeline.cli import app
+from pipeline.stages import compare
 
 LABELS = ("money", "sport", "tech")
 SEEDS = (7, 8, 9)

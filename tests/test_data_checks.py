@@ -18,10 +18,12 @@ import yaml
 from conftest import make_corpus, tiny_params_dict
 from typer.testing import CliRunner
 
-from pipeline import arrays, download, evaluate, io, prepare, train
-from pipeline import params as params_module
 from pipeline.cli import app
-from pipeline.params import MODELS
+from pipeline.core import files
+from pipeline.core import params as params_module
+from pipeline.core.params import MODELS
+from pipeline.data import arrays
+from pipeline.stages import download, evaluate, prepare, train
 
 
 def _write_csv(rows, path="corpus.csv", header=("text", "label")) -> None:
@@ -191,7 +193,7 @@ def test_line_separators_pass_the_whole_pipeline(tiny_project):
         assert len(path.read_text(encoding="utf-8").splitlines()) == len(
             arrays.load(f"data/prepared/{split}.npz", ("labels",))["labels"]
         )
-        texts += [row["text"] for _, row in io.read_jsonl(path, "split", "pipeline prepare")]
+        texts += [row["text"] for _, row in files.read_jsonl(path, "split", "pipeline prepare")]
     assert sorted(texts) == sorted(t for t, _ in rows)
     scored = {p.stem for p in Path("metrics/predictions").iterdir()}
     assert {*MODELS, "reference"} <= scored

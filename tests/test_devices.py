@@ -12,9 +12,9 @@ import torch
 from checkpoints import save_random_checkpoint
 from typer.testing import CliRunner
 
-from pipeline import devices
 from pipeline.cli import app
-from pipeline.errors import UserError
+from pipeline.core import devices
+from pipeline.core.errors import UserError
 
 TEXTS = ["match goal team", "bank market shares", "chip phone", "zebra"]
 

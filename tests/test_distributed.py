@@ -13,8 +13,9 @@ import psutil
 import pytest
 import yaml
 
-from pipeline import download, io, prepare
-from pipeline import params as params_module
+from pipeline.core import files
+from pipeline.core import params as params_module
+from pipeline.stages import download, prepare
 
 pytestmark = pytest.mark.e2e
 
@@ -51,7 +52,7 @@ def test_two_gloo_processes_train_identically_twice_and_the_checkpoint_predicts(
         assert out.count("birnn/seed7 epoch   1/3") == 1  # rank 0 alone logs
         outputs.append(Path("models/birnn/seed7.pt").read_bytes())
     assert outputs[0] == outputs[1]
-    summary = io.read_json("metrics/train/birnn/seed7.json", "summary")
+    summary = files.read_json("metrics/train/birnn/seed7.json", "summary")
     assert summary["processes"] == 2 and summary["threads"] == 1
     proc = _pipeline("predict", "--model", "models/birnn/seed7.pt", "goal striker league")
     out, err = proc.communicate(timeout=120)
@@ -107,10 +108,10 @@ def _score_on_rank(rank: int, size: int, port: int, state: dict, queue) -> None:
     import torch
     import torch.distributed as dist
 
-    from pipeline.data import Split
-    from pipeline.distributed import World
-    from pipeline.models import ModelConfig, RNNClassifier
-    from pipeline.train import score_shard
+    from pipeline.core.distributed import World
+    from pipeline.data.splits import Split
+    from pipeline.model.network import ModelConfig, RNNClassifier
+    from pipeline.stages.train import score_shard
 
     store = dist.TCPStore(
         "127.0.0.1", port, size, is_master=rank == 0, timeout=__import__("datetime").timedelta(seconds=60)
@@ -132,10 +133,10 @@ def test_scoring_across_ranks_counts_every_text_once():
     import torch
     import torch.multiprocessing as mp
 
-    from pipeline.data import Split
-    from pipeline.distributed import World
-    from pipeline.models import ModelConfig, RNNClassifier
-    from pipeline.train import score_shard
+    from pipeline.core.distributed import World
+    from pipeline.data.splits import Split
+    from pipeline.model.network import ModelConfig, RNNClassifier
+    from pipeline.stages.train import score_shard
 
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=20, num_classes=3, embed_dim=4, hidden_dim=5, bidirectional=True, readout="max")

@@ -20,12 +20,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from pipeline import download
 from pipeline.cli import app
-from pipeline.errors import UserError
-from pipeline.io import sha256_file
-from pipeline.params import parse
-from pipeline.sources import archive as archives
+from pipeline.core.errors import UserError
+from pipeline.core.files import sha256_file
+from pipeline.core.params import parse
+from pipeline.data.sources import archive as archives
+from pipeline.stages import download
 
 CORPUS = Path("data/raw/corpus.jsonl")
 MANIFEST = Path("data/raw/manifest.json")

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from test_download import GOOD, ROWS, _cli, _csv_bytes, _jsonl_bytes, serve, work  # noqa: F401
 
-from pipeline import io
-from pipeline.sources import archive, url
+from pipeline.core import files
+from pipeline.data.sources import archive, url
 
 
 def _snapshot() -> dict[str, bytes]:
@@ -163,7 +163,7 @@ ARCHIVES = {
 def test_crafted_inputs_are_refused_in_one_line(previous, serve, monkeypatch, case):
     monkeypatch.setattr(archive, "MAX_TAR_HEADER_BYTES", 2048)
     monkeypatch.setattr(archive, "MAX_MEMBERS", 50)
-    monkeypatch.setattr(io, "MAX_LINE_CHARS", 50_000)
+    monkeypatch.setattr(files, "MAX_LINE_CHARS", 50_000)
     name, make, expected = ARCHIVES[case]
     link, sha = serve(name, make())
     _refused(_cli(source="url", url=link, sha256=sha), link, expected)

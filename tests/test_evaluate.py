@@ -18,13 +18,14 @@ from conftest import make_corpus, tiny_params_dict
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, log_loss
 from typer.testing import CliRunner
 
-from pipeline import download, evaluate, layout, prepare, train
-from pipeline import params as params_module
-from pipeline.checkpoints import load_checkpoint
 from pipeline.cli import app
-from pipeline.data import load_split
-from pipeline.models import ModelConfig, RNNClassifier, predict_logits
-from pipeline.text import UNK, Vocab, tokenise
+from pipeline.core import layout
+from pipeline.core import params as params_module
+from pipeline.data.splits import load_split
+from pipeline.data.text import UNK, Vocab, tokenise
+from pipeline.model.checkpoints import load_checkpoint
+from pipeline.model.network import ModelConfig, RNNClassifier, predict_logits
+from pipeline.stages import download, evaluate, prepare, train
 
 MODELS = ("baseline", "birnn", "stacked")
 REFERENCES = ("reference", "reference_tokens")
@@ -94,7 +95,7 @@ def test_scores_cover_every_seed_of_every_model_and_both_references(trained):
         expected_seeds = ["0"] if name in REFERENCES else ["7", "8"]
         assert list(scores["seeds"]) == expected_seeds
         assert scores["evaluation"] == stamp
-        if name in MODELS:  # each run names the checkpoint it scored (pipeline.stamps)
+        if name in MODELS:  # each run names the checkpoint it scored (pipeline.core.stamps)
             assert scores["checkpoint_sha256"] == {
                 s: hashlib.sha256(layout.run_checkpoint(name, int(s)).read_bytes()).hexdigest() for s in expected_seeds
             }

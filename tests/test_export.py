@@ -23,10 +23,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from pipeline import export, io, text
-from pipeline.classifier import load_classifier
 from pipeline.cli import app
-from pipeline.predict import probabilities
+from pipeline.core import files
+from pipeline.data import text
+from pipeline.model.served import load_classifier
+from pipeline.stages import export
+from pipeline.stages.predict import probabilities
 
 COMBINATIONS = list(itertools.product(["rnn", "gru", "lstm"], ["final", "mean", "max"], [False, True], [1, 2]))
 # (lengths, steps): mixed lengths with padding, no padding at all, padding past the longest text, one token.
@@ -182,7 +184,7 @@ def test_the_sidecar_holds_vocabulary_labels_encoding_and_tokenizer(served):
     assert side["encoding"]["max_len"] == 5 and side["encoding"]["keep"] == "tail"
     assert (side["encoding"]["pad_id"], side["encoding"]["unk_id"]) == (0, 1)
     assert side["model_sha256"] == hashlib.sha256((served["exported"] / "birnn.pt").read_bytes()).hexdigest()
-    assert side["checkpoint"]["sha256"] == io.sha256_file(served["checkpoint"])
+    assert side["checkpoint"]["sha256"] == files.sha256_file(served["checkpoint"])
     # The model file carries the same sidecar, less the hash of itself.
     assert served["texts"]["extra_file"] == {k: v for k, v in side.items() if k != "model_sha256"}
     assert served["cli_output"].startswith("exported/birnn.pt: TorchScript")

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import figures, io
-from pipeline.errors import UserError
+from pipeline.core import files
+from pipeline.core.errors import UserError
+from pipeline.report import figures
 
 MODELS = ("baseline", "birnn", "stacked")
 LABELS = ("money", "sport", "tech")
@@ -191,7 +192,7 @@ def _tsv(path: Path, text: str) -> None:
 def test_read_learning_curves_reads_dvclive_tsvs(tmp_path):
     for split in ("train", "val"):
         _tsv(tmp_path / f"plots/metrics/{split}/accuracy.tsv", "step\taccuracy\n1\t0.5\n2\t0.75\n")
-    curves = io.read_learning_curves(tmp_path, ("accuracy",), ("train", "val"))
+    curves = files.read_learning_curves(tmp_path, ("accuracy",), ("train", "val"))
     assert curves == {"accuracy": {"train": [(1, 0.5), (2, 0.75)], "val": [(1, 0.5), (2, 0.75)]}}
 
 
@@ -208,7 +209,7 @@ def test_read_learning_curves_refuses_what_it_cannot_read(tmp_path, content, mes
     if content is not None:
         _tsv(tmp_path / "plots/metrics/train/accuracy.tsv", content)
     with pytest.raises(UserError, match=re.escape(message)) as info:
-        io.read_learning_curves(tmp_path, ("accuracy",), ("train",))
+        files.read_learning_curves(tmp_path, ("accuracy",), ("train",))
     assert "\n" not in str(info.value)
 
 

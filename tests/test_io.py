@@ -1,4 +1,4 @@
-"""pipeline.io: generations published whole, stale temp files removed, the one JSONL format."""
+"""pipeline.core.files: generations published whole, stale temp files removed, the one JSONL format."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline import arrays as arrays_format
-from pipeline import io
-from pipeline.errors import UserError
+from pipeline.core import files
+from pipeline.core.errors import UserError
+from pipeline.data import arrays as arrays_format
 
 
 def _tree(folder):
@@ -21,23 +21,23 @@ def _tree(folder):
 
 def test_publish_dir_replaces_the_whole_generation(tmp_path):
     out = tmp_path / "data" / "prepared"
-    with io.publish_dir(out) as stage:
+    with files.publish_dir(out) as stage:
         (stage / "a.txt").write_text("old a")
         (stage / "b.txt").write_text("old b")
-    with io.publish_dir(out) as stage:
+    with files.publish_dir(out) as stage:
         (stage / "a.txt").write_text("new a")
     # b.txt belonged to the old generation only: it goes with it.
     assert _tree(out) == {"a.txt": b"new a"}
     assert sorted(p.name for p in out.parent.iterdir()) == ["prepared"]
-    assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~io._UMASK)
+    assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~files._UMASK)
 
 
 def test_a_failed_generation_leaves_the_old_one_and_no_temp_folder(tmp_path):
     out = tmp_path / "prepared"
-    with io.publish_dir(out) as stage:
+    with files.publish_dir(out) as stage:
         (stage / "vocab.json").write_text("old vocab")
         (stage / "train.npz").write_text("old train")
-    with pytest.raises(RuntimeError), io.publish_dir(out) as stage:
+    with pytest.raises(RuntimeError), files.publish_dir(out) as stage:
         (stage / "train.npz").write_text("new train")
         raise RuntimeError("killed between two files")
     assert _tree(out) == {"train.npz": b"old train", "vocab.json": b"old vocab"}
@@ -45,16 +45,16 @@ def test_a_failed_generation_leaves_the_old_one_and_no_temp_folder(tmp_path):
 
 
 def test_a_failed_first_generation_removes_the_folders_it_made(tmp_path):
-    with pytest.raises(RuntimeError), io.publish_dir(tmp_path / "data" / "raw"):
+    with pytest.raises(RuntimeError), files.publish_dir(tmp_path / "data" / "raw"):
         raise RuntimeError
     assert list(tmp_path.iterdir()) == []
 
 
 def test_publish_dir_without_an_atomic_exchange_still_swaps(tmp_path, monkeypatch):
-    monkeypatch.setattr(io, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(files, "_exchange", lambda a, b: False)
     out = tmp_path / "prepared"
     for text in ("one", "two"):
-        with io.publish_dir(out) as stage:
+        with files.publish_dir(out) as stage:
             (stage / "f").write_text(text)
     assert _tree(out) == {"f": b"two"}
     assert [p.name for p in tmp_path.iterdir()] == ["prepared"]
@@ -80,43 +80,43 @@ def test_temp_files_of_a_killed_writer_are_removed_and_a_live_writers_kept(tmp_p
     running.mkdir()
     unrelated = tmp_path / ".prepared.notapid.tmp"
     unrelated.mkdir()
-    with io.publish_dir(out) as stage:
+    with files.publish_dir(out) as stage:
         (stage / "f").write_text("new")
-    io.write_text(tmp_path / "stats.json", "{}")
+    files.write_text(tmp_path / "stats.json", "{}")
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == sorted(["prepared", running.name, unrelated.name, "stats.json"])
 
 
 @pytest.mark.parametrize("text", ["line\u2028sep", "para\u2029sep", "next\x85line", "tab\tcr\r\nlf"])
 def test_jsonl_lines_survive_splitlines_and_read_back(tmp_path, text):
-    line = io.jsonl_line({"text": text, "label": "x"})
+    line = files.jsonl_line({"text": text, "label": "x"})
     assert line.endswith(b"\n") and len(line.decode().splitlines()) == 1
     path = tmp_path / "t.jsonl"
     path.write_bytes(line * 2)
-    rows = [row for _, row in io.read_jsonl(path, "texts", "make")]
+    rows = [row for _, row in files.read_jsonl(path, "texts", "make")]
     assert rows == [{"text": text, "label": "x"}] * 2
 
 
 def test_jsonl_refuses_unpaired_surrogates_in_one_line():
     with pytest.raises(UserError, match="unpaired surrogate"):
-        io.jsonl_line({"text": json.loads('"\\ud800"')})
+        files.jsonl_line({"text": json.loads('"\\ud800"')})
 
 
 def test_deeply_nested_json_is_one_user_error(tmp_path):
     path = tmp_path / "deep.jsonl"
     path.write_text('{"text": "ok"}\n' + "[" * 100_000 + "]" * 100_000 + "\n")
     with pytest.raises(UserError, match=r"line 2: JSON nested too deeply"):
-        list(io.read_jsonl(path, "corpus", "pipeline download"))
+        list(files.read_jsonl(path, "corpus", "pipeline download"))
 
 
 def test_a_line_past_the_limit_is_refused_unread(tmp_path, monkeypatch):
-    monkeypatch.setattr(io, "MAX_LINE_CHARS", 100)
+    monkeypatch.setattr(files, "MAX_LINE_CHARS", 100)
     path = tmp_path / "long.jsonl"
     path.write_text('{"text": "short"}\n' + '{"text": "' + "a" * 200 + '"}\n')
     with pytest.raises(UserError, match="line 2: longer than 100 characters; refused"):
-        list(io.read_jsonl(path, "corpus", "pipeline download"))
+        list(files.read_jsonl(path, "corpus", "pipeline download"))
     path.write_text('{"text": "' + "a" * 86 + '"}\n')  # 99 characters and the newline: fits
-    assert len(list(io.read_jsonl(path, "corpus", "pipeline download"))) == 1
+    assert len(list(files.read_jsonl(path, "corpus", "pipeline download"))) == 1
 
 
 def test_npz_written_in_blocks_has_the_bytes_of_np_savez(tmp_path):

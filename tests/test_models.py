@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from pipeline.models import ModelConfig, RNNClassifier, predict_logits
+from pipeline.model.network import ModelConfig, RNNClassifier, predict_logits
 
 VOCAB, CLASSES = 30, 4
 
@@ -138,7 +138,7 @@ def test_impossible_configurations_raise_value_error(overrides, message):
 
 def test_the_compiled_loop_and_the_pytorch_loop_agree(monkeypatch):
     """The C++ time loop builds here (g++ and ninja are part of the set-up) and matches the fallback."""
-    from pipeline import recurrence
+    from pipeline.model import recurrence
 
     assert recurrence.compiled() is not None
     g = torch.Generator().manual_seed(0)
@@ -158,7 +158,7 @@ def test_the_compiled_loop_and_the_pytorch_loop_agree(monkeypatch):
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.7])
 def test_the_compiled_dropout_mask_keeps_one_minus_p_scaled_and_follows_its_seed(p):
-    from pipeline import recurrence
+    from pipeline.model import recurrence
 
     x = torch.zeros(100, 32, 50)
     mask = recurrence.compiled().dropout_mask(x, p, 123)
@@ -170,7 +170,7 @@ def test_the_compiled_dropout_mask_keeps_one_minus_p_scaled_and_follows_its_seed
 
 
 def test_max_over_time_splits_the_gradient_among_ties_like_amax():
-    from pipeline.models import MaxOverTime
+    from pipeline.model.network import MaxOverTime
 
     x = torch.randn(2, 6, 3, 4, dtype=torch.float64)
     x[:, 1] = x.amax(1) + 1  # a maximum at step 1 ...
@@ -187,7 +187,7 @@ def test_max_over_time_splits_the_gradient_among_ties_like_amax():
 def test_the_vocabulary_table_and_the_per_token_projection_agree(bidirectional, num_layers):
     """Looking each token's input projection up in a (D, V, H) table is the same arithmetic as
     projecting every token: equal states and gradients, and the padding row still learns nothing."""
-    from pipeline.recurrence import fused_rnn
+    from pipeline.model.recurrence import fused_rnn
 
     model = _model(bidirectional=bidirectional, num_layers=num_layers).double()
     ids, lengths = _batch([9, 1, 4, 9, 6], width=11)
@@ -212,11 +212,11 @@ def test_the_vocabulary_table_and_the_per_token_projection_agree(bidirectional, 
 
 def test_the_table_is_used_only_where_the_embeddings_are_not_dropped(monkeypatch):
     """Embedding dropout needs each token's own embedding; eval mode and dropout 0 look tokens up."""
-    from pipeline import models
+    from pipeline.model import network
 
     calls = []
-    real_fused_rnn = models.fused_rnn
-    monkeypatch.setattr(models, "fused_rnn", lambda *a, **k: calls.append("embedding" in k) or real_fused_rnn(*a, **k))
+    real_fused_rnn = network.fused_rnn
+    monkeypatch.setattr(network, "fused_rnn", lambda *a, **k: calls.append("embedding" in k) or real_fused_rnn(*a, **k))
     ids, lengths = _batch([9, 1, 4, 9, 6], width=9)  # 45 tokens, a vocabulary of 30
     for dropout, training, expected in [(0.5, True, False), (0.5, False, True), (0.0, True, True)]:
         model = _model(bidirectional=True, dropout=dropout).train(training)
@@ -227,7 +227,7 @@ def test_the_table_is_used_only_where_the_embeddings_are_not_dropped(monkeypatch
 
 
 def test_a_reversal_index_is_its_own_inverse_so_its_gradient_is_the_same_gather():
-    from pipeline.recurrence import Reversal, reversal_index
+    from pipeline.model.recurrence import Reversal, reversal_index
 
     lengths, steps = torch.tensor([5, 1, 3, 5]), 6
     rows = reversal_index(lengths, steps)

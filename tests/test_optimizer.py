@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from pipeline.models import ModelConfig, RNNClassifier
-from pipeline.optimizer import FusedAdam
+from pipeline.model.network import ModelConfig, RNNClassifier
+from pipeline.model.optimizer import FusedAdam
 
 
 def _model() -> RNNClassifier:
@@ -44,7 +44,7 @@ def test_a_training_process_never_imports_the_compiler_stack():
     """torch.optim.Optimizer's constructor would import torch._dynamo (about 1 s per process)."""
     code = (
         "import sys, torch\n"
-        "from pipeline.optimizer import FusedAdam\n"
+        "from pipeline.model.optimizer import FusedAdam\n"
         "model = torch.nn.Linear(3, 2)\n"
         "opt = FusedAdam(model.parameters(), lr=0.1, weight_decay=0.0, decoupled=True)\n"
         "model(torch.ones(1, 3)).sum().backward()\n"

@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from pipeline import params as P
-from pipeline import safe_yaml
 from pipeline.cli import app
+from pipeline.core import params as P
+from pipeline.core import safe_yaml
 
 PARAMS_TEXT = (ROOT / "params.yaml").read_text(encoding="utf-8")
 MODEL_KEYS = "cell, embed_dim, hidden_dim, num_layers, bidirectional, dropout, word_dropout, readout, early_stopping"

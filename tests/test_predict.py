@@ -18,14 +18,14 @@ import torch
 from conftest import make_corpus, tiny_params_dict
 from typer.testing import CliRunner
 
-from pipeline import download, prepare, publish, train
-from pipeline import params as params_module
-from pipeline import predict as predict_module
 from pipeline.cli import app
-from pipeline.data import load_split
-from pipeline.models import predict_logits
-from pipeline.predict import load_classifier, probabilities
-from pipeline.text import Vocab, tokenise
+from pipeline.core import params as params_module
+from pipeline.data.splits import load_split
+from pipeline.data.text import Vocab, tokenise
+from pipeline.model.network import predict_logits
+from pipeline.stages import download, prepare, publish, train
+from pipeline.stages import predict as predict_module
+from pipeline.stages.predict import load_classifier, probabilities
 
 MODEL = Path("models/birnn.pt")
 VOCAB = Path("data/prepared/vocab.json")

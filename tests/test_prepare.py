@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pipeline import arrays, download, prepare
 from pipeline.cli import app
-from pipeline.text import PAD_ID, UNK_ID, Vocab, encode, tokenise
+from pipeline.data import arrays
+from pipeline.data.text import PAD_ID, UNK_ID, Vocab, encode, tokenise
+from pipeline.stages import download, prepare
 
 OUT = Path("data/prepared")
 

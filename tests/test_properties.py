@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline import io
-from pipeline.errors import UserError
-from pipeline.text import PAD_ID, UNK_ID, Vocab, encode, tokenise
+from pipeline.core import files
+from pipeline.core.errors import UserError
+from pipeline.data.text import PAD_ID, UNK_ID, Vocab, encode, tokenise
 
 # The characters readers have split lines at: a text must never be cut at one of them.
 LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
@@ -57,20 +57,20 @@ def test_encode_truncates_and_pads_like_the_plain_definition(docs, max_len, keep
 @given(st.dictionaries(storable, json_values, max_size=4))
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_jsonl_round_trip_keeps_one_object_per_line(tmp_path, obj):
-    line = io.jsonl_line(obj)
+    line = files.jsonl_line(obj)
     text = line.decode("utf-8")
     assert text.endswith("\n") and len(text.splitlines()) == 1
     assert not any(c in text[:-1] for c in LINE_BREAKS)
     assert json.loads(text) == obj
     path = tmp_path / "rows.jsonl"
     path.write_bytes(line + line)
-    assert [row for _, row in io.read_jsonl(path, "rows", "test")] == [obj, obj]
+    assert [row for _, row in files.read_jsonl(path, "rows", "test")] == [obj, obj]
 
 
 @given(texts, st.characters(categories=["Cs"]))
 def test_an_unpaired_surrogate_is_one_user_error(text, surrogate):
     with pytest.raises(UserError) as caught:
-        io.jsonl_line({"text": text + surrogate})
+        files.jsonl_line({"text": text + surrogate})
     assert "\n" not in str(caught.value)
 
 
@@ -80,7 +80,7 @@ def test_any_jsonl_input_reads_or_fails_with_one_line(tmp_path, content):
     path = tmp_path / "any.jsonl"
     path.write_text(content, encoding="utf-8")
     try:
-        rows = list(io.read_jsonl(path, "input", "test"))
+        rows = list(files.read_jsonl(path, "input", "test"))
     except UserError as exc:
         assert "\n" not in str(exc)
     else:

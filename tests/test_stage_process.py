@@ -19,8 +19,8 @@ import psutil
 import pytest
 import yaml
 
-from pipeline import download, prepare
-from pipeline import params as params_module
+from pipeline.core import params as params_module
+from pipeline.stages import download, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = Path(".pipeline-locks/train-birnn-seed-7.lock")

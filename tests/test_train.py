@@ -10,10 +10,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from pipeline import checkpoints, download, io, layout, prepare, train
 from pipeline.cli import app
-from pipeline.errors import UserError
-from pipeline.models import ModelConfig, RNNClassifier, predict_logits
+from pipeline.core import files, layout
+from pipeline.core.errors import UserError
+from pipeline.model import checkpoints
+from pipeline.model.network import ModelConfig, RNNClassifier, predict_logits
+from pipeline.stages import download, prepare, train
 
 
 @pytest.fixture
@@ -66,7 +68,7 @@ def test_checkpoint_round_trips(prepared):
     train.run(prepared, "baseline", 7)
     ckpt = checkpoints.load_checkpoint("models/baseline/seed7.pt")
     assert ckpt["labels"] == ["money", "sport", "tech"]
-    assert ckpt["vocab_sha256"] == io.sha256_file("data/prepared/vocab.json")
+    assert ckpt["vocab_sha256"] == files.sha256_file("data/prepared/vocab.json")
     assert ckpt["vocab"] == json.loads(Path("data/prepared/vocab.json").read_text())["tokens"]
     assert ckpt["encoding"] == {"max_len": 24, "keep": "head"}
     model = RNNClassifier(ModelConfig(**ckpt["config"]))
@@ -177,10 +179,10 @@ def test_asking_for_cuda_without_a_device_exits_2(prepared):
     "arch", [{}, {"bidirectional": True}, {"bidirectional": True, "num_layers": 2, "hidden_dim": 44}]
 )
 def test_scoring_batches_hold_their_states_within_budget_and_score_the_same(arch):
-    from pipeline.data import SCORE_STATE_BYTES, Split, score_batch_size
-    from pipeline.distributed import World
-    from pipeline.models import ModelConfig, RNNClassifier
-    from pipeline.train import score_shard
+    from pipeline.core.distributed import World
+    from pipeline.data.splits import SCORE_STATE_BYTES, Split, score_batch_size
+    from pipeline.model.network import ModelConfig, RNNClassifier
+    from pipeline.stages.train import score_shard
 
     torch.manual_seed(0)
     model = RNNClassifier(ModelConfig(vocab_size=30, num_classes=3, embed_dim=8, **arch))

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import params as params_module
-from pipeline.models import ModelConfig, RNNClassifier, count_parameters
+from pipeline.core import params as params_module
+from pipeline.model.network import ModelConfig, RNNClassifier, count_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 

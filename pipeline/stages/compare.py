@@ -1,0 +1,266 @@
+"""compare stage: metrics/scores/, metrics/train/, metrics/predictions/ -> compare.json, details.json, report.md.
+
+Every model was trained once per seed of train.seeds; this stage
+- summarises each model across its seeds: mean, standard deviation, min and max of the
+  train/val/test accuracy, loss and macro-F1 and of the generalisation gap (train - val accuracy);
+- checks the seed's targets on the BiRNN and on the stacked BiRNN (`compare.targets`), each on
+  the mean and seed by seed, with the size rule (parameters <= max_parameter_ratio x baseline);
+- tests BiRNN against baseline and stacked against BiRNN with a paired t-test across seeds
+  (run s of one model against run s of the other), and BiRNN against baseline with McNemar's
+  exact test on the test predictions of the served seed;
+- draws the figures the report embeds (metrics/figures/, see figures.py): every run's learning
+  curves (dvclive/<model>/seed<S>/), the served seed's test confusion matrices, and the
+  accuracies across seeds.
+
+metrics/compare.json holds the headline figures only, for `dvc metrics diff`; everything else
+goes to metrics/details.json and metrics/report.md. A missed target is a result, not an error:
+the stage fails only on missing or malformed inputs, or on inputs from different runs of a
+stage (pipeline.core.stamps).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+from pipeline.core import files, layout, stamps
+from pipeline.core.errors import UserError
+from pipeline.core.params import MODELS, Params, Targets
+from pipeline.report import figures
+
+SCORES_DIR = layout.METRICS / "scores"
+PREDICTIONS = layout.METRICS / "predictions"
+FIGURES = layout.METRICS / "figures"
+SPLITS = ("train", "val", "test")
+SCORES = ("accuracy", "loss", "macro_f1")
+REFERENCES = ("reference", "reference_tokens")
+CHECKED = ("birnn", "stacked")  # the models the seed's targets apply to
+ALPHA = 0.05
+DIGITS = 6
+NAMES = {
+    "baseline": "Before: RNN, unidirectional, no dropout",
+    "birnn": "After: BiRNN with dropout",
+    "stacked": "Bonus: stacked BiRNN (2 layers)",
+    "reference": "Reference: TF-IDF + logistic regression, whole articles",
+    "reference_tokens": "Reference: TF-IDF + logistic regression, the RNNs' tokens (same truncation and vocabulary)",
+}
+
+
+def _round(x: float) -> float:
+    return round(float(x), DIGITS)
+
+
+def mcnemar_exact(b: int, c: int) -> dict[str, Any]:
+    """McNemar's exact test on the discordant pairs b and c: two-sided binomial, p = 1/2.
+
+    Under the null each discordant pair is a fair coin, so p = 2 P(X <= min(b, c)) for
+    X ~ Binomial(b + c, 1/2), capped at 1, computed exactly with integers. The statistic is
+    min(b, c), as in statsmodels' exact variant. With no discordant pair p is 1.
+    """
+    n, k = b + c, min(b, c)
+    tail = sum(math.comb(n, i) for i in range(k + 1))
+    p_value = min(1.0, 2 * tail / 2**n)
+    # Significant digits, not decimals: a strong result must not print as p = 0.
+    return {"b": b, "c": c, "statistic": k, "p_value": float(f"{p_value:.6g}")}
+
+
+def paired_t(after: list[float], before: list[float]) -> dict[str, Any]:
+    """Paired t-test of after - before across seeds; p is None where it is undefined."""
+    diffs = [a - b for a, b in zip(after, before, strict=True)]
+    mean = statistics.fmean(diffs)
+    result: dict[str, Any] = {"mean_difference": _round(mean), "seeds": len(diffs), "t": None, "p_value": None}
+    if len(diffs) < 2:
+        return result
+    sd = statistics.stdev(diffs)
+    if sd == 0:  # every seed moved by the same amount: no spread to test against
+        result["p_value"] = 1.0 if mean == 0 else 0.0
+        return result
+    from scipy import stats  # imported here: 2 s, and only this test needs it
+
+    t = mean / (sd / math.sqrt(len(diffs)))
+    p = 2 * stats.t.sf(abs(t), df=len(diffs) - 1)
+    return result | {"t": _round(t), "p_value": float(f"{p:.6g}")}
+
+
+def _number(data: Any, keys: tuple[str, ...], path) -> float:
+    for key in keys:
+        data = data.get(key) if isinstance(data, dict) else None
+    if not isinstance(data, (int, float)) or isinstance(data, bool) or not math.isfinite(data):
+        raise UserError(f"{path}: no finite number at {'.'.join(keys)}; rerun `dvc repro`")
+    return data
+
+
+def read_scores(name: str, seeds: tuple[int, ...], data: Any) -> tuple[dict[str, dict], int]:
+    """({seed: {split: {accuracy, loss, macro_f1}}}, trainable parameters) from metrics/scores/<name>.json,
+    already read as `data`."""
+    path = SCORES_DIR / f"{name}.json"
+    runs = data.get("seeds") if isinstance(data, dict) else None
+    keys = [str(s) for s in seeds] if name not in REFERENCES else ["0"]
+    if not isinstance(runs, dict) or any(k not in runs for k in keys):
+        raise UserError(f"{path}: no scores for seeds {', '.join(keys)}; rerun `pipeline evaluate`")
+    scores = {k: {s: {m: _number(runs[k], (s, m), path) for m in SCORES} for s in SPLITS} for k in keys}
+    return scores, int(_number(data, ("trainable_parameters",), path))
+
+
+def read_training(name: str, seed: int) -> dict[str, int]:
+    path = layout.run_summary(name, seed)
+    data = files.read_json(path, "training summary")
+    return {k: int(_number(data, (k,), path)) for k in ("best_epoch", "epochs_run")}
+
+
+def read_predictions(name: str) -> list[tuple[str, str]]:
+    path = PREDICTIONS / f"{name}.json"
+    data = files.read_json(path, "test predictions")
+    if not isinstance(data, list) or not all(
+        isinstance(row, dict) and isinstance(row.get("actual"), str) and isinstance(row.get("predicted"), str)
+        for row in data
+    ):
+        raise UserError(f'{path}: expected a list of {{"actual", "predicted"}}; rerun `pipeline evaluate`')
+    return [(row["actual"], row["predicted"]) for row in data]
+
+
+def check_generations(seeds: tuple[int, ...], raw: dict[str, Any]) -> None:
+    """Refuse inputs from different runs of a stage: new scores beside old predictions, a
+    checkpoint's scores beside another run's summary or curves (pipeline.core.stamps). `raw`: the
+    scores files as read, the same contents that the figures come from."""
+    stamps.check_evaluation(raw, SCORES_DIR, PREDICTIONS)
+    for name in MODELS:
+        for seed in seeds:
+            stamps.check_run(name, seed, raw[name], SCORES_DIR / f"{name}.json")
+
+
+def discordant(before: list[tuple[str, str]], after: list[tuple[str, str]]) -> tuple[int, int]:
+    """b: test documents only `before` got right; c: only `after` got right."""
+    if [a for a, _ in before] != [a for a, _ in after]:
+        raise UserError(
+            f"{PREDICTIONS}: the models' predictions cover different test documents; rerun `pipeline evaluate`"
+        )
+    b = sum(pa == a and pb != a for (a, pa), (_, pb) in zip(before, after, strict=True))
+    c = sum(pa != a and pb == a for (a, pa), (_, pb) in zip(before, after, strict=True))
+    return b, c
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Mean, sample standard deviation (0 for one seed), min and max."""
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {
+        "mean": _round(statistics.fmean(values)),
+        "sd": _round(sd),
+        "min": _round(min(values)),
+        "max": _round(max(values)),
+    }
+
+
+def summarise(runs: dict[str, dict]) -> dict[str, Any]:
+    """{split: {score: spread}, "gap": spread} across a model's seeds."""
+    summary: dict[str, Any] = {s: {m: spread([run[s][m] for run in runs.values()]) for m in SCORES} for s in SPLITS}
+    summary["gap"] = spread([run["train"]["accuracy"] - run["val"]["accuracy"] for run in runs.values()])
+    return summary
+
+
+def check_targets(runs: dict[str, dict], targets: Targets, ratio: float) -> dict[str, dict]:
+    """Each target: the mean's value, the threshold, met on the mean, and by how many seeds."""
+    val = [run["val"]["accuracy"] for run in runs.values()]
+    train = [run["train"]["accuracy"] for run in runs.values()]
+    checks = {
+        "min_val_accuracy": (val, targets.min_val_accuracy, lambda v: v >= targets.min_val_accuracy),
+        "max_train_accuracy": (train, targets.max_train_accuracy, lambda v: v < targets.max_train_accuracy),
+        "max_parameter_ratio": ([ratio], targets.max_parameter_ratio, lambda v: v <= targets.max_parameter_ratio),
+    }
+    result = {}
+    for key, (values, threshold, ok) in checks.items():
+        mean = _round(statistics.fmean(values))  # decided on the value that is shown
+        met_by = sum(ok(v) for v in values) if key != "max_parameter_ratio" else len(runs) * ok(ratio)
+        result[key] = {
+            "value": _round(mean),
+            "threshold": threshold,
+            "met": ok(mean),
+            "seeds_met": met_by,
+            "seeds": len(runs),
+        }
+    return result
+
+
+def build(params: Params) -> tuple[dict, dict]:
+    """(compare.json: the headline figures, details.json: everything the report shows)."""
+    seeds = params.train.seeds
+    scores, sizes = {}, {}
+    raw = {name: files.read_json(SCORES_DIR / f"{name}.json", "evaluation scores") for name in (*MODELS, *REFERENCES)}
+    for name in (*MODELS, *REFERENCES):
+        scores[name], sizes[name] = read_scores(name, seeds, raw[name])
+    check_generations(seeds, raw)
+    if sizes["baseline"] <= 0:
+        raise UserError(f"{SCORES_DIR}/baseline.json: trainable_parameters must be > 0")
+    summaries = {name: summarise(runs) for name, runs in scores.items()}
+    ratios = {name: _round(sizes[name] / sizes["baseline"]) for name in MODELS}
+    targets = {name: check_targets(scores[name], params.compare.targets, ratios[name]) for name in CHECKED}
+
+    def per_seed(name: str, split: str) -> list[float]:
+        return [scores[name][str(s)][split]["accuracy"] for s in seeds]
+
+    b, c = discordant(read_predictions("baseline"), read_predictions("birnn"))
+
+    def headline_of(name: str) -> dict:
+        # A reference is one deterministic fit: its value alone; a model: mean and sd over seeds.
+        keys = ("mean", "sd") if name in MODELS else ("mean",)
+        pick = (lambda s: {k: s[k] for k in keys}) if name in MODELS else (lambda s: s["mean"])
+        return {
+            **{s: {m: pick(summaries[name][s][m]) for m in SCORES} for s in SPLITS},
+            "gap": pick(summaries[name]["gap"]),
+        }
+
+    headline = {
+        "seeds": len(seeds),
+        **{name: headline_of(name) for name in summaries},
+        "targets": {
+            name: {k: {"value": t["value"], "met": t["met"], "seeds_met": t["seeds_met"]} for k, t in ts.items()}
+            for name, ts in targets.items()
+        },
+    }
+    details = {
+        "seeds": list(seeds),
+        "served_seed": seeds[0],
+        "summary": summaries,
+        "per_seed": scores,
+        "targets": targets,
+        "parameters": {**{name: sizes[name] for name in MODELS}, "ratio": ratios},
+        "paired_t_test": {
+            f"{after}_vs_{before}": {
+                split: paired_t(per_seed(after, split), per_seed(before, split)) for split in ("val", "test")
+            }
+            for after, before in (("birnn", "baseline"), ("stacked", "birnn"))
+        },
+        "mcnemar_test": {"birnn_vs_baseline": mcnemar_exact(b, c), "seed": seeds[0]},
+        "training": {name: {str(s): read_training(name, s) for s in seeds} for name in MODELS},
+    }
+    return headline, details
+
+
+def run(params: Params) -> None:
+    from pipeline.report.markdown import render_report
+
+    headline, details = build(params)
+    curves = ("accuracy", "loss"), ("train", "val")
+    drawn = figures.write(
+        FIGURES,
+        curves={
+            m: [files.read_learning_curves(layout.run_curves(m, s), *curves) for s in params.train.seeds]
+            for m in MODELS
+        },
+        predictions={m: read_predictions(m) for m in (*MODELS, *REFERENCES)},
+        seed_scores={
+            m: [{s: run[s]["accuracy"] for s in SPLITS} for run in details["per_seed"][m].values()] for m in MODELS
+        },
+    )
+    embedded = [f"![{alt}]({path.relative_to(layout.METRICS).as_posix()})\n" for alt, path in drawn.items()]
+    report = render_report(details, NAMES) + "\n".join(["", "## Figures", "", *embedded])
+    files.write_json(layout.METRICS / "compare.json", headline)
+    files.write_json(layout.METRICS / "details.json", details)
+    files.write_text(layout.METRICS / "report.md", report)
+    birnn = details["targets"]["birnn"]
+    met = [k for k, t in birnn.items() if t["met"]]
+    print(
+        f"compare: BiRNN meets {len(met)} of {len(birnn)} targets on the mean of {len(params.train.seeds)} seeds; "
+        f"McNemar p = {details['mcnemar_test']['birnn_vs_baseline']['p_value']:.4g} ({layout.METRICS}/report.md)"
+    )

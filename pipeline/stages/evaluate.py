@@ -1,0 +1,226 @@
+"""evaluate stage: every run in models/<model>/seed<S>.pt + data/prepared/ -> metrics/scores/.
+
+Scores each model's run for every seed of train.seeds, and two TF-IDF + logistic-regression
+references, on the train, val and test splits with scikit-learn: accuracy, loss (log loss,
+the mean cross-entropy), macro-F1, per-class precision/recall/F1 and the confusion matrix.
+The references are fitted on the training split:
+- `reference`: whole articles (data/prepared/train.jsonl) through the pipeline's tokenizer;
+- `reference_tokens`: exactly what the RNNs read, the truncated ids of the .npz files
+  mapped back to their vocabulary words (`<unk>` included): like for like.
+
+Writes, only after everything was computed, each folder as one generation (files.publish_dir):
+- metrics/scores/<name>.json: {"seeds": {"<S>": {"train": {...}, "val": {...}, "test": {...}}},
+  "trainable_parameters": n, "served_seed": S, "checkpoint_sha256": {"<S>": sha256},
+  "evaluation": stamp} (a reference has the one "seed" 0), floats rounded to 6 digits so the
+  same inputs give the same bytes;
+- metrics/predictions/<name>.json: [{"actual", "predicted"}, ...] on the test split in data
+  order for the served seed, read by `dvc plots` (confusion matrices) and by compare (McNemar),
+  and stamp.json: {"evaluation": stamp} (pipeline.core.stamps).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    precision_recall_fscore_support,
+)
+from threadpoolctl import threadpool_limits
+
+from pipeline.core import files, layout, stamps
+from pipeline.core.errors import UserError
+from pipeline.core.params import MODELS, Params, ReferenceParams
+from pipeline.data.splits import Split, load_split, split_logits
+from pipeline.data.text import Vocab, tokenise
+from pipeline.model import checkpoints
+from pipeline.model.network import ModelConfig, RNNClassifier, count_parameters
+
+PREPARED = layout.PREPARED
+SCORES = layout.METRICS / "scores"
+PREDICTIONS = layout.METRICS / "predictions"
+SPLITS = ("train", "val", "test")
+DIGITS = 6
+RETRAIN = "retrain with `dvc repro`"
+
+
+def _round(x: float) -> float:
+    return round(float(x), DIGITS)
+
+
+def split_metrics(y_true: np.ndarray, proba: np.ndarray, labels: list[str]) -> dict:
+    """Scores of one split from true label ids (N,) and class probabilities (N, C)."""
+    classes = list(range(len(labels)))
+    y_pred = proba.argmax(1)
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
+    return {
+        "accuracy": _round(accuracy_score(y_true, y_pred)),
+        "loss": _round(log_loss(y_true, proba, labels=classes)),
+        "macro_f1": _round(f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)),
+        "per_class": {
+            name: {
+                "precision": _round(precision[k]),
+                "recall": _round(recall[k]),
+                "f1": _round(f1[k]),
+                "support": int(support[k]),
+            }
+            for k, name in enumerate(labels)
+        },
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=classes).tolist(),
+    }
+
+
+def load_model(path: Path, labels: list[str], vocab_sha256: str, encoding: dict) -> RNNClassifier:
+    """Load a run's checkpoint, refusing one trained on other prepared data."""
+    ckpt = checkpoints.load_checkpoint(path)
+    if ckpt["vocab_sha256"] != vocab_sha256:
+        raise UserError(f"{path}: trained on another vocabulary than {PREPARED}/vocab.json; {RETRAIN}")
+    if list(ckpt["labels"]) != labels:
+        raise UserError(f"{path}: trained on other labels than {PREPARED}/labels.json; {RETRAIN}")
+    if ckpt.get("encoding") != encoding:
+        raise UserError(f"{path}: trained with other padding than {PREPARED}/stats.json; {RETRAIN}")
+    try:
+        model = RNNClassifier(ModelConfig(**ckpt["config"]))
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UserError(f"{path}: weights do not fit the saved config ({first}); {RETRAIN}") from None
+    return model.eval()
+
+
+def read_texts(split: str, label_ids: dict[str, int], expected: torch.Tensor) -> list[str]:
+    """The split's original texts; their labels must match the .npz row for row."""
+    path = PREPARED / f"{split}.jsonl"
+    rows = [row for _, row in files.read_jsonl(path, "split texts", "pipeline prepare")]
+    try:
+        texts = [row["text"] for row in rows]
+        ids = [label_ids[row["label"]] for row in rows]
+    except (KeyError, TypeError):
+        raise UserError(f"{path}: rows do not match {PREPARED}/labels.json; rerun `pipeline prepare`") from None
+    if ids != expected.tolist():
+        raise UserError(f"{path}: does not match {split}.npz row for row; rerun `pipeline prepare`")
+    return texts
+
+
+def seen_tokens(split: Split, vocab: Vocab) -> list[list[str]]:
+    """The words an RNN reads for each text: its truncated ids, mapped back to the vocabulary."""
+    words = vocab.tokens
+    return [[words[i] for i in row[:n]] for row, n in zip(split.ids.tolist(), split.lengths.tolist(), strict=True)]
+
+
+def _identity(tokens: list[str]) -> list[str]:
+    return tokens
+
+
+def fit_reference(texts: list, y: np.ndarray, p: ReferenceParams, pretokenised: bool = False):
+    """TF-IDF over the pipeline's tokens (1..ngram_max-grams) + multinomial logistic regression.
+
+    `texts` are raw texts, tokenised as prepare does, or (pretokenised) lists of tokens.
+    """
+    vectorizer = TfidfVectorizer(
+        tokenizer=_identity if pretokenised else tokenise,  # tokenise normalises too, as prepare does
+        lowercase=False,
+        token_pattern=None,
+        ngram_range=(1, p.ngram_max),
+        max_features=p.max_features,
+        dtype=np.float64,
+    )
+    # lbfgs is deterministic; random_state is fixed anyway so a solver change cannot make it vary.
+    classifier = LogisticRegression(C=p.C, solver="lbfgs", max_iter=2000, random_state=0)
+    classifier.fit(vectorizer.fit_transform(texts), y)
+    return vectorizer, classifier
+
+
+def _predictions(y_true: np.ndarray, proba: np.ndarray, labels: list[str]) -> list[dict[str, str]]:
+    return [
+        {"actual": labels[a], "predicted": labels[p]}
+        for a, p in zip(y_true.tolist(), proba.argmax(1).tolist(), strict=True)
+    ]
+
+
+def _reference(
+    name: str,
+    inputs: dict[str, list],
+    truth: dict[str, np.ndarray],
+    labels: list[str],
+    p: ReferenceParams,
+    pretokenised: bool,
+) -> tuple[dict, list]:
+    # One BLAS thread: lbfgs's sums then run in one order, so the same data gives the same fit.
+    with threadpool_limits(limits=1):
+        vectorizer, classifier = fit_reference(inputs["train"], truth["train"], p, pretokenised)
+        probabilities = {s: classifier.predict_proba(vectorizer.transform(inputs[s])) for s in SPLITS}
+    scores = {}
+    for s in SPLITS:
+        # Columns of predict_proba follow classifier.classes_; place them by label id.
+        proba = np.zeros((len(inputs[s]), len(labels)))
+        proba[:, classifier.classes_] = probabilities[s]
+        scores[s] = split_metrics(truth[s], proba, labels)
+        if s == "test":
+            predictions = _predictions(truth[s], proba, labels)
+    n_weights = classifier.coef_.size + classifier.intercept_.size
+    print(f"{name}: " + ", ".join(f"{s} acc {scores[s]['accuracy']:.4f}" for s in SPLITS))
+    return {"seeds": {"0": scores}, "trainable_parameters": int(n_weights), "served_seed": 0}, predictions
+
+
+def run(params: Params) -> None:
+    p, seeds = params.evaluate, params.train.seeds
+    labels = files.read_json(PREPARED / "labels.json", "label list")
+    stats = files.read_json(PREPARED / "stats.json", "prepare stats")
+    if not isinstance(labels, list) or not isinstance(stats, dict) or "encoding" not in stats:
+        raise UserError(f"{PREPARED}: labels.json or stats.json is malformed; rerun `pipeline prepare`")
+    vocab_sha256 = files.sha256_file(PREPARED / "vocab.json")
+    splits = {s: load_split(s, PREPARED) for s in SPLITS}
+    truth = {s: splits[s].labels.numpy() for s in SPLITS}
+
+    results: dict[str, dict] = {}
+    predictions: dict[str, list] = {}
+    for name in MODELS:
+        runs, scored = {}, {}
+        for seed in seeds:
+            path = layout.run_checkpoint(name, seed)
+            model = load_model(path, labels, vocab_sha256, stats["encoding"])
+            scored[str(seed)] = files.sha256_file(path)
+            scores = {}
+            for s, split in splits.items():
+                logits = split_logits(model, split, p.batch_size)
+                proba = torch.softmax(logits.double(), dim=1).numpy()
+                scores[s] = split_metrics(truth[s], proba, labels)
+                if s == "test" and seed == seeds[0]:
+                    predictions[name] = _predictions(truth[s], proba, labels)
+            runs[str(seed)] = scores
+            accuracies = ", ".join(f"{s} acc {scores[s]['accuracy']:.4f}" for s in SPLITS)
+            print(f"{layout.run_name(name, seed)}: {accuracies}")
+        results[name] = {
+            "seeds": runs,
+            "trainable_parameters": count_parameters(model),
+            "served_seed": seeds[0],
+            stamps.KEY: scored,
+        }
+
+    label_ids = {name: k for k, name in enumerate(labels)}
+    texts = {s: read_texts(s, label_ids, splits[s].labels) for s in SPLITS}
+    results["reference"], predictions["reference"] = _reference(
+        "reference", texts, truth, labels, p.reference, pretokenised=False
+    )
+    vocab = Vocab.load(PREPARED / "vocab.json")
+    seen = {s: seen_tokens(splits[s], vocab) for s in SPLITS}
+    results["reference_tokens"], predictions["reference_tokens"] = _reference(
+        "reference_tokens", seen, truth, labels, p.reference, pretokenised=True
+    )
+
+    # Each folder is swapped in whole: never one model's new scores beside another's old ones;
+    # and both carry the run's stamp, so compare refuses new scores beside old predictions.
+    stamp = stamps.evaluation_stamp(results)
+    with files.publish_dir(SCORES) as scores_dir, files.publish_dir(PREDICTIONS) as predicted:
+        for name, result in results.items():
+            files.write_json(scores_dir / f"{name}.json", {**result, stamps.EVALUATION: stamp})
+            files.write_json(predicted / f"{name}.json", predictions[name])
+        files.write_json(predicted / stamps.PREDICTIONS_FILE, {stamps.EVALUATION: stamp})
