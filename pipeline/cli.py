@@ -14,7 +14,7 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from pipeline.core import process
+from pipeline.core import layout, process
 from pipeline.core.errors import UserError
 
 app = typer.Typer(
@@ -82,7 +82,7 @@ def _run_stage(stage: str, params: Path, sections: tuple[str, ...], *args: objec
 
 # Written by check-params, the first DVC stage, which every other stage follows. Its content
 # never changes, so a params change reruns only the stages that read the changed section.
-PARAMS_CHECKED = Path("data/params.ok")
+PARAMS_CHECKED = layout.PARAMS_CHECKED
 
 
 @app.command("check-params")

@@ -100,6 +100,23 @@ def test_dvc_repro_seeds_metrics_and_plots(tmp_path):
     assert ran(again) == set()
     assert "Data and pipelines are up to date" in again
 
+    # 1b. dvc.yaml depends on code folders: bytecode beside the code changes nothing, while an
+    # edit to a shared module marks every stage that runs it, and only those.
+    (repo / "pipeline" / "model" / "__pycache__").mkdir(exist_ok=True)
+    (repo / "pipeline" / "model" / "__pycache__" / "network.cpython-311.pyc").write_bytes(b"\0" * 16)
+    assert json.loads(dvc("status", "--json")) == {}
+    network = repo / "pipeline" / "model" / "network.py"
+    original = network.read_bytes()
+    network.write_bytes(original + b"# an edit\n")
+    assert set(json.loads(dvc("status", "--json"))) == {*_runs(), "evaluate"}
+    files_module = repo / "pipeline" / "core" / "files.py"
+    kept = files_module.read_bytes()
+    files_module.write_bytes(kept + b"# an edit\n")
+    assert set(json.loads(dvc("status", "--json"))) == ALL_STAGES  # every stage publishes through core/files.py
+    network.write_bytes(original)
+    files_module.write_bytes(kept)
+    assert json.loads(dvc("status", "--json")) == {}
+
     # 2. A BiRNN param: only the BiRNN's runs are stale; they and what reads them rerun.
     baseline_and_stacked = {**_bytes(repo, "models/baseline/seed*.pt"), **_bytes(repo, "models/stacked/seed*.pt")}
     _edit_params(repo, lambda raw: raw["birnn"].update(dropout=0.2))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-LOAD = "from pipeline import recurrence; assert recurrence.compiled() is not None"
+LOAD = "from pipeline.model import recurrence; assert recurrence.compiled() is not None"
 
 
 def _load(extensions: Path, path: str) -> None:
@@ -37,3 +37,34 @@ def test_a_shell_with_another_ninja_first_on_path_does_not_rebuild(tmp_path):
     _load(tmp_path, venv_first)
     again = _library(tmp_path).stat()
     assert (again.st_ino, again.st_mtime_ns) == (built.st_ino, built.st_mtime_ns)
+
+
+def test_threads_that_arrive_during_the_build_wait_for_it(monkeypatch):
+    """compiled() under a thread pool: one build, and every caller gets the kernel, none the fallback."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    from types import ModuleType
+
+    from pipeline.model import recurrence
+
+    built = ModuleType("fake_kernel")
+    builds = []
+    started = threading.Event()
+
+    def slow_build(load):
+        builds.append(load)
+        started.set()
+        time.sleep(0.3)  # the other threads arrive while this build runs
+        return built
+
+    monkeypatch.setattr(recurrence, "_KERNEL", None)
+    monkeypatch.setattr(recurrence, "_build", slow_build)
+    monkeypatch.delenv("PIPELINE_PURE_PYTORCH", raising=False)
+    with ThreadPoolExecutor(8) as pool:
+        first = pool.submit(recurrence.compiled)
+        started.wait(10)
+        rest = [pool.submit(recurrence.compiled) for _ in range(16)]
+        results = [first.result(), *(f.result() for f in rest)]
+    assert len(builds) == 1
+    assert all(result is built for result in results)

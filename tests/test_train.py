@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.core import files, layout
 from pipeline.core.errors import UserError
+from pipeline.data.splits import load_split
 from pipeline.model import checkpoints
 from pipeline.model.network import ModelConfig, RNNClassifier, predict_logits
 from pipeline.stages import download, prepare, train
@@ -152,10 +153,21 @@ def test_early_stopping_restores_the_best_epoch(prepared, monkeypatch):
     assert not all(torch.equal(saved["model"][k], snapshots[3][k]) for k in saved["model"])
 
 
-def test_full_batch_training_like_the_seed(prepared):
+def test_full_batch_training_like_the_starter_experiment(prepared, monkeypatch):
+    """batch_size null: every epoch is one step over one batch holding every training document."""
+    epochs = []
+    real = train.train_one_epoch
+
+    def counting(model, split, batches, *args, **kwargs):
+        epochs.append([len(batch) for batch in batches])
+        return real(model, split, batches, *args, **kwargs)
+
+    monkeypatch.setattr(train, "train_one_epoch", counting)
     params = dataclasses.replace(prepared, train=dataclasses.replace(prepared.train, batch_size=None))
     train.run(params, "baseline", 7)
+    documents = len(load_split("train"))
     assert json.loads(Path("metrics/train/baseline/seed7.json").read_text())["epochs_run"] == 3
+    assert epochs == [[documents]] * 3
 
 
 def test_missing_prepared_data_exits_2(tiny_project):

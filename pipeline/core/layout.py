@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+RAW = Path("data/raw")
 PREPARED = Path("data/prepared")
+PARAMS_CHECKED = Path("data/params.ok")  # written by check-params, the first stage
 MODELS = Path("models")
 METRICS = Path("metrics")
 CURVES = Path("dvclive")

@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from pipeline.core import layout
 from pipeline.core.errors import UserError
 from pipeline.data import arrays
 
 if TYPE_CHECKING:
     from pipeline.model.network import RNNClassifier
 
-PREPARED = Path("data/prepared")
+PREPARED = layout.PREPARED
 BUCKET_BATCHES = 50  # batches per bucketing pool: texts are sorted by length within a pool
 # Scoring runs in batches whose recurrent states, (D, T, B, H) floats per layer, stay in
 # cache; more rows per batch only spill to memory. On the BBC train split (2 threads), these

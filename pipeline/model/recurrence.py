@@ -25,6 +25,7 @@ import fcntl
 import hashlib
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -36,19 +37,30 @@ from pipeline.core import files
 
 
 def compiled():
-    """The C++ kernels (pipeline/model/csrc/recurrence.cpp), built once per machine; None if they cannot be."""
+    """The C++ kernels (pipeline/model/csrc/recurrence.cpp), built once per machine; None if they cannot be.
+
+    Safe under threads: a caller that arrives while another builds waits for that build
+    instead of taking the PyTorch loop meanwhile.
+    """
     global _KERNEL
     if _KERNEL is None:
-        _KERNEL = False
-        if os.environ.get("PIPELINE_PURE_PYTORCH") != "1":
-            try:
-                from torch.utils.cpp_extension import load
-
-                _KERNEL = _build(load)
-            except Exception as exc:  # no compiler, no ninja, a read-only cache: slower, same maths
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                print(f"note: C++ recurrence unavailable ({first[:120]}); using the PyTorch loop", file=sys.stderr)
+        with _KERNEL_LOCK:
+            if _KERNEL is None:
+                _KERNEL = _load_kernel()
     return _KERNEL if isinstance(_KERNEL, ModuleType) else None
+
+
+def _load_kernel() -> ModuleType | bool:
+    if os.environ.get("PIPELINE_PURE_PYTORCH") == "1":
+        return False
+    try:
+        from torch.utils.cpp_extension import load
+
+        return _build(load)
+    except Exception as exc:  # no compiler, no ninja, a read-only cache: slower, same maths
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"note: C++ recurrence unavailable ({first[:120]}); using the PyTorch loop", file=sys.stderr)
+        return False
 
 
 _SOURCE = Path(__file__).with_name("csrc") / "recurrence.cpp"
@@ -118,6 +130,7 @@ def _pinned_ninja() -> Iterator[None]:
 
 
 _KERNEL: ModuleType | bool | None = None  # False: tried and unavailable
+_KERNEL_LOCK = threading.Lock()
 
 
 class TanhRecurrence(torch.autograd.Function):

@@ -24,12 +24,12 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from pipeline.core import files
+from pipeline.core import files, layout
 from pipeline.core.errors import UserError
 from pipeline.core.params import Params
 from pipeline.data.sources import Doc, Tally, bbc, labels, table, url
 
-RAW_DIR = Path("data/raw")
+RAW_DIR = layout.RAW
 CORPUS = RAW_DIR / "corpus.jsonl"
 MANIFEST = RAW_DIR / "manifest.json"
 

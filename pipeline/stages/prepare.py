@@ -30,14 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core import files
+from pipeline.core import files, layout
 from pipeline.core.errors import UserError
 from pipeline.core.params import Params, PrepareParams
 from pipeline.data import arrays
 from pipeline.data.text import UNK_ID, Vocab, encode_flat, normalise, tokens_of
 
-RAW = Path("data/raw/corpus.jsonl")
-OUT = Path("data/prepared")
+RAW = layout.RAW / "corpus.jsonl"
+OUT = layout.PREPARED
 SPLITS = ("train", "val", "test")
 BLOCK = 4096  # documents encoded at a time: bounds the (BLOCK, max_len) array in memory
 SCRATCH = ".scratch"  # inside the unpublished generation; removed before it is published
