@@ -42,8 +42,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's pipeline package, whatever is installed
 
-from pipeline import io  # noqa: E402
-from pipeline import params as params_module  # noqa: E402
+from pipeline.core import files  # noqa: E402
+from pipeline.core import params as params_module  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the modules beside this script
 from window_report import decide, render  # noqa: E402
@@ -268,8 +268,8 @@ def main() -> None:
         "decision": decide(rows),
         "configurations": rows,
     }
-    io.write_json(out.with_suffix(".json"), result)
-    io.write_text(out.with_suffix(".md"), render(result))
+    files.write_json(out.with_suffix(".json"), result)
+    files.write_text(out.with_suffix(".md"), render(result))
     print(render(result))
 
 
