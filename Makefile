@@ -6,14 +6,16 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+ONNX_VENV := .venv-onnx
+ONNX_STAMP := $(ONNX_VENV)/.installed
 # The offline page for `dvc plots show|diff` (.dvc/config's plots.html_template), from the pinned vl-convert.
 PLOTS_PAGE := .dvc/offline_plots.html
 # dvc.yaml's stages call the `pipeline` console script, so the venv's bin must be on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install repro test lint bench sweep clean
+.PHONY: install repro test lint docs bench sweep clean
 
-install: $(STAMP) $(PLOTS_PAGE)
+install: $(STAMP) $(ONNX_STAMP) $(PLOTS_PAGE)
 	$(BIN)/python -m pipeline.model.recurrence
 
 $(STAMP): pyproject.toml requirements.lock
@@ -22,6 +24,13 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet -r requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# onnxruntime and numpy alone, no torch and no pipeline: tests/test_export.py serves the
+# exported ONNX models from here, as a server without this package would.
+$(ONNX_STAMP): requirements-onnxruntime.lock
+	test -x $(ONNX_VENV)/bin/python || $(PYTHON) -m venv $(ONNX_VENV)
+	$(ONNX_VENV)/bin/python -m pip install --quiet -r requirements-onnxruntime.lock
+	touch $(ONNX_STAMP)
 
 $(PLOTS_PAGE): $(STAMP)
 	$(BIN)/pipeline plots-template --output $@
@@ -38,9 +47,15 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy pipeline
 
+# The docs/ pages as a site in site/ (mkdocs.yml); --strict fails on a broken link or anchor.
+# NO_MKDOCS_2_WARNING=1 turns off the theme's end-of-life banner, printed on every build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 # Benchmarks print ratios measured side by side in one run; run them on an idle machine.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/train_runs.py
 	$(BIN)/python benchmarks/train_processes.py
 	$(BIN)/python benchmarks/predict_throughput.py
 
@@ -49,4 +64,4 @@ sweep: $(STAMP)
 	$(BIN)/python sweeps/window_search.py
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) .venv-onnx

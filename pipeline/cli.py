@@ -31,10 +31,7 @@ PLOTS_PAGE = Path(".dvc/offline_plots.html")
 T = TypeVar("T")
 
 
-class ModelName(StrEnum):
-    baseline = "baseline"
-    birnn = "birnn"
-    stacked = "stacked"
+ModelName = StrEnum("ModelName", {name: name for name in layout.MODEL_NAMES})  # type: ignore[misc]
 
 
 class Device(StrEnum):
@@ -44,7 +41,10 @@ class Device(StrEnum):
 
 
 ModelOption = Annotated[
-    str, typer.Option("--model", help="birnn, stacked or baseline (models/<name>.pt), or a checkpoint path.")
+    str,
+    typer.Option(
+        "--model", help="A model section of params.yaml, e.g. birnn (models/<name>.pt), or a checkpoint path."
+    ),
 ]
 
 
@@ -116,11 +116,15 @@ def prepare(params: ParamsPath = Path("params.yaml")) -> None:
 @app.command()
 def train(
     model: Annotated[ModelName, typer.Argument(help="Which model section of params.yaml to train.")],
-    seed: Annotated[int, typer.Option("--seed", help="One of train.seeds in params.yaml.")],
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Train only this seed: the same bytes as in a run of all.")
+    ] = None,
     params: ParamsPath = Path("params.yaml"),
 ) -> None:
-    """Train one run of a model: models/<model>/seed<S>.pt with its learning curves and summary."""
-    _run_stage("train", params, ("train", model.value), model.value, seed, run=f"train {model.value} --seed {seed}")
+    """Train a model once per seed of train.seeds, side by side: models/<model>/seed<S>.pt with
+    the learning curves and a summary of each run."""
+    run = f"train {model.value}" + ("" if seed is None else f" --seed {seed}")
+    _run_stage("train", params, ("train", model.value), model.value, seed, run=run)
 
 
 @app.command()
@@ -140,7 +144,7 @@ def evaluate(params: ParamsPath = Path("params.yaml")) -> None:
 
 @app.command()
 def compare(params: ParamsPath = Path("params.yaml")) -> None:
-    """Check the seed's targets, test BiRNN vs. baseline, write metrics/compare.json and report.md."""
+    """Walk the ablation ladder, check the starter experiment's targets, write metrics/compare.json and report.md."""
     _run_stage("compare", params, ("compare", "train"))
 
 
@@ -198,11 +202,11 @@ def export(
         typer.Option(
             "--out",
             metavar="PATH",
-            help="The TorchScript file to write (default: exported/<model>.pt); its JSON sidecar goes beside it.",
+            help="The ONNX file to write (default: exported/<model>.onnx); its JSON sidecar goes beside it.",
         ),
     ] = None,
 ) -> None:
-    """Write a checkpoint as TorchScript and a JSON sidecar (vocabulary, labels, tokenizer): no pipeline needed."""
+    """Write a checkpoint as ONNX and a JSON sidecar (vocabulary, labels, tokenizer): no torch or pipeline needed."""
     from pipeline.stages import export as stage
 
     _guard(lambda: stage.run(model, out))

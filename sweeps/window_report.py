@@ -89,13 +89,20 @@ def render(result: dict, top: int = 12) -> str:
     )
     how = (
         f"Each configuration is a DVC experiment of commit {commit} (`dvc exp show --rev {commit}`) whose "
-        "targets are the BiRNN's trainings, train@birnn-<seed>; its figures are in the experiment's "
-        "metrics/train/birnn/seed<S>.json (`dvc exp show`'s compare.json columns are the base commit's). "
-        f"Wall time: {result['wall_seconds']:.0f} s for {result['experiments_run']} experiments run by "
-        f"{result['jobs']} queue workers with OMP_NUM_THREADS=1 ({result['train_seconds']:.0f} s of training "
-        "in all). Every configuration's numbers: sweeps/window_search.json."
+        "target is the BiRNN's training stage, train@birnn, which trains every seed; its figures are in the "
+        "experiment's metrics/train/birnn/seed<S>.json (`dvc exp show`'s compare.json columns are the base "
+        f"commit's). Wall time: {result['wall_seconds']:.0f} s for {result['experiments_run']} experiments run by "
+        f"{result['jobs']} queue workers with OMP_NUM_THREADS={result['omp_num_threads']}, which caps the runs "
+        f"a stage trains side by side ({result['train_seconds']:.0f} s of training in all). Every "
+        "configuration's numbers: sweeps/window_search.json."
     )
-    lines = ["# The seed's training window, searched", "", intro, "", verdict(rows, result["decision"], floor, ceiling)]
+    lines = [
+        "# The starter experiment's training window, searched",
+        "",
+        intro,
+        "",
+        verdict(rows, result["decision"], floor, ceiling),
+    ]
     window = [r for r in rows if r["meets_both"]]
     if window:
         capped = sum(r["seeds_at_epoch_limit"] > 0 for r in window)

@@ -1,4 +1,4 @@
-"""Search the seed's training window: can a BiRNN keep val accuracy >= 0.85 with train accuracy < 0.92?
+"""Search the starter experiment's training window: can a BiRNN keep val accuracy >= 0.85 with train accuracy < 0.92?
 
 Every configuration is a DVC experiment, queued with `dvc exp run --queue -S ...` and run by
 `dvc queue start -j N` workers, with train.seeds = 42, 43, 44. The search covers the
@@ -6,13 +6,27 @@ regularisers that keep the size rule: birnn.dropout, birnn.word_dropout, birnn.h
 widths whose BiRNN/baseline parameter ratio, counted on the built models, is within
 compare.targets.max_parameter_ratio), train.weight_decay, prepare.max_vocab and prepare.max_len.
 
-The experiments' targets are the BiRNN's trainings, train@birnn-<seed> (and prepare where
-prepare.* changed): DVC's run cache never restores a train run, because those stages also write
-outputs with `cache: false` that are neither metrics nor plots, so a whole-pipeline experiment
-would retrain the baseline and the stacked BiRNN, three seeds each, every time. Each run's
-metrics/train/birnn/seed<S>.json, committed in its experiment, holds the eval-mode train and
-val accuracy of the epoch early stopping kept (lowest validation loss); the script checks it
-against the run's dvc.lock entry (the params and the file's md5) before using it.
+The experiments' target is the BiRNN's training stage, train@birnn (and prepare where prepare.*
+changed), which trains every seed of train.seeds: the search reads nothing else, and train.*
+(train.seeds too) are params of every model's training stage, so a whole-pipeline experiment
+would train all ten models, then evaluate and compare them, every time.
+
+Cores: the default is two queue workers whose stages train one run at a time, OMP_NUM_THREADS=1
+(which caps train.threads), so two one-thread runs share the two cores; in general
+OMP_NUM_THREADS = cores // jobs. That is faster in principle than one worker whose stage trains
+two seeds side by side, though each run computes alike either way: three seeds on two processes
+leave a core idle while the last trains alone (longer where early stopping ends the runs at
+different epochs), and so do the serial parts of each experiment (DVC's copy of the commit,
+check-params, prepare where it reruns, loading the data, committing), which a second worker
+trains through. Only the queue's last experiment runs alone. Runs write the same bytes however
+many train beside them (pipeline/stages/train.py), so the choice changes the wall time only.
+
+Each run's metrics/train/birnn/seed<S>.json, committed in its experiment, holds the eval-mode
+train and val accuracy of the epoch early stopping kept (lowest validation loss). The script
+uses them only if the experiment's dvc.lock entries for train@birnn and prepare name the
+configured params and train.seeds, and the md5 DVC recorded for the folder metrics/train/birnn
+(a `cache: false` out) is the one recomputed from the committed files (folder_md5), which are
+one summary per seed and nothing else.
 
 Configurations: the current defaults, then for a few fixed (weight_decay, max_vocab, max_len)
 contexts the default BiRNN settings plus a seeded sample of the BiRNN grid, printed first.
@@ -42,7 +56,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's pipeline package, whatever is installed
 
-from pipeline.core import files  # noqa: E402
+from pipeline.core import files, layout  # noqa: E402
 from pipeline.core import params as params_module  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the modules beside this script
@@ -51,13 +65,26 @@ from window_space import KEYS, SAMPLE_SEED, SEEDS, configurations  # noqa: E402
 
 OUT = ROOT / "sweeps" / "window_search"
 POLL_S = 20
+MODEL = "birnn"
+STAGE = f"train@{MODEL}"  # the experiments' target: every seed of train.seeds, side by side
+RUN_FIELDS = ("best_epoch", "epochs_run", "train_accuracy", "val_accuracy", "best_val_loss", "train_seconds")
 
 
-def sh(*args: str, env: dict | None = None) -> str:
-    done = subprocess.run(args, check=False, cwd=ROOT, env=env, capture_output=True, text=True)
+def output(*args: str, env: dict | None = None, cwd: Path = ROOT) -> bytes:
+    done = subprocess.run(args, check=False, cwd=cwd, env=env, capture_output=True)
     if done.returncode:
-        sys.exit(f"error: `{' '.join(args)}` failed: {(done.stderr or done.stdout).strip()[-600:]}")
+        said = (done.stderr or done.stdout).decode(errors="replace").strip()[-600:]
+        sys.exit(f"error: `{' '.join(args)}` failed: {said}")
     return done.stdout
+
+
+def sh(*args: str, env: dict | None = None, cwd: Path = ROOT) -> str:
+    return output(*args, env=env, cwd=cwd).decode()
+
+
+def cores() -> int:
+    """The cores this process may run on (its affinity where the system tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def setting(key: str, value) -> str:
@@ -101,15 +128,22 @@ def busy(names: set[str]) -> bool | None:
     return False
 
 
+def worker_threads(jobs: int) -> int:
+    """The OMP_NUM_THREADS of each of `jobs` queue workers: the cores shared out, so that the runs
+    their stages train side by side (train.threads, capped by it), one core each, fill them."""
+    return max(1, cores() // jobs)
+
+
 def run_queue(todo: list[tuple[str, dict]], extra: list[str], seeds, jobs: int) -> None:
     """Queue the experiments and let `jobs` workers run them; returns once none is left."""
-    targets = [f"train@birnn-{s}" for s in seeds]
     for name, config in todo:
         sets = [setting(k, config[k]) for k in KEYS] + [f"train.seeds=[{','.join(map(str, seeds))}]", *extra]
-        sh("dvc", "exp", "run", "--queue", "-n", name, *[a for s in sets for a in ("-S", s)], *targets)
+        sh("dvc", "exp", "run", "--queue", "-n", name, *[a for s in sets for a in ("-S", s)], STAGE)
     env = {
         **os.environ,
-        "OMP_NUM_THREADS": "1",  # one thread per worker: two workers share the two cores
+        # Caps the runs a stage trains side by side (train.threads, by pipeline/stages/train.py's
+        # thread_count) and every library's thread pool: jobs x this busy cores in all.
+        "OMP_NUM_THREADS": str(worker_threads(jobs)),
         "PYTHONPATH": str(ROOT),  # the workers run this checkout's pipeline, whatever is installed
     }
     log = ROOT / ".dvc" / "tmp" / "window_search.log"
@@ -131,27 +165,54 @@ def run_queue(todo: list[tuple[str, dict]], extra: list[str], seeds, jobs: int) 
         time.sleep(POLL_S)
 
 
-def run_summary(name: str, rev: str, config: dict, seed: int) -> dict:
-    """metrics/train/birnn/seed<S>.json of an experiment, checked against its dvc.lock entry."""
-    path = f"metrics/train/birnn/seed{seed}.json"
-    text = sh("git", "show", f"{rev}:{path}")
-    lock = yaml.safe_load(sh("git", "show", f"{rev}:dvc.lock"))["stages"]
-    stage = lock.get(f"train@birnn-{seed}") or {}
-    used = {
-        **{f"birnn.{k}": v for k, v in stage["params"]["params.yaml"]["birnn"].items()},
-        **stage["params"]["params.yaml"],
-        **{f"prepare.{k}": v for k, v in lock["prepare"]["params"]["params.yaml"]["prepare"].items()},
-    }
-    md5 = next((o["md5"] for o in stage.get("outs", []) if o["path"] == path), None)
-    run = json.loads(text)
-    if any(used.get(k) != config[k] for k in KEYS) or md5 != hashlib.md5(text.encode()).hexdigest():
-        sys.exit(f"error: {name}: {path} is not the output of a run with this configuration")
-    if run.get("seed") != seed or run.get("trainable_parameters") != config["parameters"]:
-        sys.exit(f"error: {name}: {path} has another seed or size than configured")
-    return {
-        k: run[k]
-        for k in ("best_epoch", "epochs_run", "train_accuracy", "val_accuracy", "best_val_loss", "train_seconds")
-    }
+def folder_md5(contents: dict[str, bytes]) -> str:
+    """The md5 DVC 3 records in dvc.lock for a folder out holding `contents` ({path inside it: bytes}).
+
+    As dvc_data's Tree.digest computes it: the md5 of the JSON text (json.dumps, sort_keys) of
+    the list of {"md5": the file's md5, "relpath": its posix path in the folder}, sorted by
+    relpath, with ".dir" appended. A file's md5 is that of its bytes as they are (`hash: md5`;
+    DVC 2's md5-dos2unix read CRLF as LF), whether or not the out is cached.
+    """
+    entries = sorted(
+        ({"md5": hashlib.md5(data).hexdigest(), "relpath": path} for path, data in contents.items()),
+        key=lambda entry: entry["relpath"],
+    )
+    return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
+
+
+def committed(rev: str, folder: str, repo: Path = ROOT) -> dict[str, bytes]:
+    """{path inside `folder`: bytes} of every file under `folder` in commit `rev`."""
+    listed = output("git", "ls-tree", "-r", "-z", "--name-only", rev, "--", f"{folder}/", cwd=repo)
+    names = [name.decode() for name in listed.split(b"\0") if name]
+    return {name[len(folder) + 1 :]: output("git", "show", f"{rev}:{name}", cwd=repo) for name in names}
+
+
+def run_summaries(name: str, rev: str, config: dict, seeds, repo: Path = ROOT) -> dict[str, dict]:
+    """{seed: figures} from metrics/train/birnn/seed<S>.json of an experiment, checked against
+    its dvc.lock: the params train@birnn and prepare ran with, and the folder's md5."""
+    lock = yaml.safe_load(sh("git", "show", f"{rev}:dvc.lock", cwd=repo))["stages"]
+    stage, prepare = lock.get(STAGE), lock.get("prepare")
+    if not stage or not prepare:
+        sys.exit(f"error: {name}: dvc.lock has no {STAGE} or prepare stage; was it made by this pipeline?")
+    sections = {**stage["params"]["params.yaml"], "prepare": prepare["params"]["params.yaml"]["prepare"]}
+    used = {f"{section}.{k}": v for section, values in sections.items() for k, v in values.items()}
+    folder = layout.run_summary(MODEL, seeds[0]).parent.as_posix()
+    contents = committed(rev, folder, repo)
+    out = next((o for o in stage.get("outs", []) if o["path"] == folder), {})
+    recorded = (out.get("hash"), out.get("md5"), out.get("nfiles"), out.get("size"))
+    recomputed = ("md5", folder_md5(contents), len(contents), sum(map(len, contents.values())))
+    if any(used.get(k) != config[k] for k in KEYS) or used.get("train.seeds") != list(seeds) or recorded != recomputed:
+        sys.exit(f"error: {name}: {folder}/ is not the output of a run with this configuration")
+    names = {layout.run_summary(MODEL, s).name: s for s in seeds}
+    if set(contents) != set(names):
+        sys.exit(f"error: {name}: {folder}/ holds {', '.join(sorted(contents))}, not one summary per seed")
+    runs = {}
+    for file, seed in names.items():
+        run = json.loads(contents[file])
+        if run.get("seed") != seed or run.get("trainable_parameters") != config["parameters"]:
+            sys.exit(f"error: {name}: {folder}/{file} has another seed or size than configured")
+        runs[str(seed)] = {k: run[k] for k in RUN_FIELDS}
+    return runs
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -162,7 +223,7 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 def summarise(name: str, config: dict, exp: dict, seeds, targets) -> dict:
-    runs = {str(s): run_summary(name, exp["rev"], config, s) for s in seeds}
+    runs = run_summaries(name, exp["rev"], config, seeds)
     limit, patience = exp["params"]["train"]["max_epochs"], exp["params"]["train"]["patience"]
     val = [r["val_accuracy"] for r in runs.values()]
     train = [r["train_accuracy"] for r in runs.values()]
@@ -191,7 +252,9 @@ def summarise(name: str, config: dict, exp: dict, seeds, targets) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--jobs", type=int, default=2, help="parallel queue workers")
+    parser.add_argument(
+        "--jobs", type=int, default=2, help="parallel queue workers; each gets OMP_NUM_THREADS = cores // jobs"
+    )
     parser.add_argument("--list", action="store_true", help="print the configurations and stop")
     parser.add_argument("--rev", help="collect the experiments of this earlier commit and run nothing")
     parser.add_argument(
@@ -233,7 +296,8 @@ def main() -> None:
             print(f"retrying {len(todo)} failed: {', '.join(n for n, _ in todo)}", flush=True)
         if any(n in have for n, _ in todo):  # a failed task keeps its name until it leaves the queue
             sh("dvc", "queue", "remove", "--failed")
-        print(f"running {len(todo)} experiments with {args.jobs} workers ...", flush=True)
+        threads = worker_threads(args.jobs)
+        print(f"running {len(todo)} experiments with {args.jobs} workers, OMP_NUM_THREADS={threads} ...", flush=True)
         run_queue(todo, extra, seeds, args.jobs)
         ran += len(todo)
     wall = time.monotonic() - started
@@ -247,10 +311,15 @@ def main() -> None:
         (summarise(n, c, have[n], seeds, targets) for n, c in zip(names, configs, strict=True)),
         key=lambda r: -r["val_accuracy"]["mean"],
     )
-    timing = {"jobs": args.jobs, "experiments_run": ran, "wall_seconds": round(wall, 1)}
+    timing = {
+        "jobs": args.jobs,
+        "omp_num_threads": worker_threads(args.jobs),
+        "experiments_run": ran,
+        "wall_seconds": round(wall, 1),
+    }
     previous = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
-    if not ran and previous.get("commit") == commit:  # nothing ran now: keep the timing of the run that did
-        timing = {k: previous[k] for k in timing}
+    if not ran and previous.get("commit") == commit and timing.keys() <= previous.keys():
+        timing = {k: previous[k] for k in timing}  # nothing ran now: keep the timing of the run that did
     train = have[names[0]]["params"]["train"]
     result = {
         "commit": commit,

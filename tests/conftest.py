@@ -41,7 +41,7 @@ def tiny_params_dict(corpus_path: str = "corpus.jsonl") -> dict:
     raw["download"].update(source="jsonl", path=corpus_path)
     raw["prepare"].update(min_freq=1, max_vocab=500, max_len=24)
     raw["train"].update(seeds=[7, 8], batch_size=8, max_epochs=3, patience=2, threads=1)
-    for name in ("baseline", "birnn", "stacked"):
+    for name in params_module.MODELS:
         raw[name].update(embed_dim=8, hidden_dim=8)
     raw["evaluate"]["reference"].update(max_features=500)
     return raw

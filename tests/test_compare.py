@@ -11,6 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from pipeline.core.params import MODELS
 from pipeline.stages import compare
 
 LABELS = ("money", "sport", "tech")
@@ -21,15 +22,45 @@ ACCURACY = {
     "baseline": {"train": [0.95, 0.97, 0.96], "val": [0.78, 0.80, 0.76], "test": [0.77, 0.79, 0.81]},
     "birnn": {"train": [0.93, 0.89, 0.91], "val": [0.84, 0.88, 0.86], "test": [0.85, 0.87, 0.86]},
     "stacked": {"train": [0.90, 0.91, 0.89], "val": [0.86, 0.85, 0.87], "test": [0.86, 0.88, 0.84]},
+    # The ladder between baseline and birnn, the counterfactuals and the window model.
+    "plus_bidirectional": {"train": [0.99, 0.99, 0.98], "val": [0.80, 0.82, 0.78], "test": [0.80, 0.80, 0.80]},
+    "plus_dropout": {"train": [0.97, 0.96, 0.98], "val": [0.81, 0.84, 0.80], "test": [0.81, 0.82, 0.80]},
+    "plus_word_dropout": {"train": [0.95, 0.94, 0.96], "val": [0.82, 0.85, 0.83], "test": [0.82, 0.84, 0.83]},
+    "plus_max_readout": {"train": [0.94, 0.92, 0.93], "val": [0.83, 0.86, 0.85], "test": [0.84, 0.86, 0.85]},
+    "birnn_unidirectional": {"train": [0.90, 0.88, 0.89], "val": [0.82, 0.83, 0.84], "test": [0.83, 0.83, 0.83]},
+    "birnn_final_readout": {"train": [0.92, 0.90, 0.91], "val": [0.80, 0.84, 0.82], "test": [0.81, 0.82, 0.83]},
+    "window": {"train": [0.91, 0.90, 0.91], "val": [0.88, 0.89, 0.87], "test": [0.88, 0.88, 0.87]},
     "reference": {"train": [0.99], "val": [0.95], "test": [0.96]},
     "reference_tokens": {"train": [0.98], "val": [0.93], "test": [0.92]},
+    "fasttext": {"train": [0.99], "val": [0.94], "test": [0.94]},
 }
-SIZES = {"baseline": 1000, "birnn": 1250, "stacked": 1220, "reference": 9000, "reference_tokens": 4000}
+SIZES = {
+    "baseline": 1000,
+    "birnn": 1250,
+    "stacked": 1220,
+    "plus_bidirectional": 1250,
+    "plus_dropout": 1250,
+    "plus_word_dropout": 1250,
+    "plus_max_readout": 1250,
+    "birnn_unidirectional": 1000,
+    "birnn_final_readout": 1250,
+    "window": 1250,
+    "reference": 9000,
+    "reference_tokens": 4000,
+    "fasttext": 50000,
+}
 # (best epoch, epochs run) per seed.
 EPOCHS = {
     "baseline": [(9, 9), (9, 9), (9, 9)],
     "birnn": [(4, 9), (5, 10), (6, 11)],
     "stacked": [(3, 8), (4, 9), (5, 10)],
+    **{
+        name: [(9, 9), (9, 9), (9, 9)]
+        for name in ("plus_bidirectional", "plus_dropout", "plus_word_dropout", "plus_max_readout")
+    },
+    "birnn_unidirectional": [(5, 10), (5, 10), (5, 10)],
+    "birnn_final_readout": [(5, 10), (5, 10), (5, 10)],
+    "window": [(3, 8), (4, 9), (4, 9)],
 }
 
 
@@ -73,11 +104,13 @@ def write_inputs(accuracy: dict | None = None, b: int = 1, c: int = 3) -> None:
     """
     accuracy = accuracy or ACCURACY
     for name, splits in accuracy.items():
-        keys = ["0"] if name.startswith("reference") else [str(s) for s in SEEDS]
+        keys = ["0"] if name in compare.REFERENCES else [str(s) for s in SEEDS]
         runs = {k: {s: _split_scores(splits[s][i]) for s in SPLITS} for i, k in enumerate(keys)}
         scores = {"seeds": runs, "trainable_parameters": SIZES[name], "served_seed": int(keys[0])}
-        if not name.startswith("reference"):
+        if name not in compare.REFERENCES:
             scores["checkpoint_sha256"] = {k: _checkpoint_sha(name, k) for k in keys}
+        if name == "fasttext":
+            scores["train_seconds"] = 3.5
         _write(f"metrics/scores/{name}.json", {**scores, "evaluation": "evaluation-1"})
     _write("metrics/predictions/stamp.json", {"evaluation": "evaluation-1"})
     for name, epochs in EPOCHS.items():
@@ -91,6 +124,9 @@ def write_inputs(accuracy: dict | None = None, b: int = 1, c: int = 3) -> None:
                 "tokens_per_second": 9000.0,
                 "checkpoint_sha256": _checkpoint_sha(name, seed),
             }
+            if name == "window":
+                summary["selection"] = "lowest val loss among epochs with train accuracy < 0.92"
+                summary["unconstrained"] = {"epoch": run, "train_accuracy": 0.95, "val_accuracy": 0.9}
             _write(f"metrics/train/{name}/seed{seed}.json", summary)
             _write(f"dvclive/{name}/seed{seed}/run.json", {"checkpoint_sha256": _checkpoint_sha(name, seed)})
             for split in ("train", "val"):
@@ -105,8 +141,10 @@ def write_inputs(accuracy: dict | None = None, b: int = 1, c: int = 3) -> None:
         ("baseline", base),
         ("birnn", bi),
         ("stacked", actual),
+        ("window", actual),
         ("reference", actual),
         ("reference_tokens", actual),
+        ("fasttext", actual),
     ):
         _write(
             f"metrics/predictions/{name}.json",
@@ -205,19 +243,17 @@ def test_headline_and_details_across_seeds(tiny_project):
     assert headline["reference"]["gap"] == 0.04
 
     assert details["parameters"] == {
-        "baseline": 1000,
-        "birnn": 1250,
-        "stacked": 1220,
-        "ratio": {"baseline": 1.0, "birnn": 1.25, "stacked": 1.22},
+        **{name: SIZES[name] for name in MODELS},
+        "ratio": {name: SIZES[name] / 1000 for name in MODELS},
     }
     assert details["mcnemar_test"] == {
         "birnn_vs_baseline": {"b": 0, "c": 10, "statistic": 0, "p_value": pytest.approx(2 / 1024, rel=1e-5)},
         "seed": 7,
     }
     assert details["training"]["birnn"] == {
-        "7": {"best_epoch": 4, "epochs_run": 9},
-        "8": {"best_epoch": 5, "epochs_run": 10},
-        "9": {"best_epoch": 6, "epochs_run": 11},
+        "7": {"best_epoch": 4, "epochs_run": 9, "train_seconds": 12.5, "selection": ""},
+        "8": {"best_epoch": 5, "epochs_run": 10, "train_seconds": 12.5, "selection": ""},
+        "9": {"best_epoch": 6, "epochs_run": 11, "train_seconds": 12.5, "selection": ""},
     }
 
 
@@ -242,17 +278,17 @@ def test_paired_t_tests_in_details_pair_run_s_with_run_s(tiny_project):
 def test_compare_json_holds_only_the_headline(tiny_project):
     write_inputs()
     headline, _, _ = _compare()
-    models = ("baseline", "birnn", "stacked", "reference", "reference_tokens")
+    models = (*MODELS, *compare.REFERENCES)
     expected = {"seeds"}
     for name in models:
-        if name.startswith("reference"):
+        if name in compare.REFERENCES:
             expected |= {f"{name}.{s}.{m}" for s in SPLITS for m in ("accuracy", "loss", "macro_f1")} | {f"{name}.gap"}
         else:
             expected |= {
                 f"{name}.{s}.{m}.{k}" for s in SPLITS for m in ("accuracy", "loss", "macro_f1") for k in ("mean", "sd")
             }
             expected |= {f"{name}.gap.mean", f"{name}.gap.sd"}
-    for name in ("birnn", "stacked"):
+    for name in ("window", "birnn", "stacked"):
         for target in ("min_val_accuracy", "max_train_accuracy", "max_parameter_ratio"):
             expected |= {f"targets.{name}.{target}.{k}" for k in ("value", "met", "seeds_met")}
     assert _leaves(headline) == expected
@@ -354,7 +390,9 @@ def test_one_seed_has_no_spread_and_no_t_test(tiny_project):
         "p_value": None,
     }
     assert details["served_seed"] == 8 and details["mcnemar_test"]["seed"] == 8
-    assert details["training"]["birnn"] == {"8": {"best_epoch": 5, "epochs_run": 10}}
+    assert details["training"]["birnn"] == {
+        "8": {"best_epoch": 5, "epochs_run": 10, "train_seconds": 12.5, "selection": ""}
+    }
     assert "p = n/a (one seed)" in report
     assert "| 88.0 ± 0.0 |" in report
 
@@ -458,18 +496,18 @@ def test_bad_inputs_fail_with_one_line(tiny_project, damage, message):
 def test_compare_reads_what_the_real_stages_write(tiny_project):
     runner = CliRunner()
     seeds = ("7", "8")
-    runs = [["train", m, "--seed", s] for m in ("baseline", "birnn", "stacked") for s in seeds]
+    runs = [["train", m] for m in MODELS]
     for args in (["download"], ["prepare"], *runs, ["evaluate"], ["compare"]):
         result = runner.invoke(app, args)
         assert result.exit_code == 0, (args, result.output)
     headline = json.loads(Path("metrics/compare.json").read_text())
     details = json.loads(Path("metrics/details.json").read_text())
-    for name in ("baseline", "birnn", "stacked", "reference", "reference_tokens"):
+    for name in (*MODELS, *compare.REFERENCES):
         scores = json.loads(Path(f"metrics/scores/{name}.json").read_text())["seeds"]
         val = [run["val"]["accuracy"] for run in scores.values()]
-        assert sorted(scores) == (["0"] if name.startswith("reference") else list(seeds))
+        assert sorted(scores) == (["0"] if name in compare.REFERENCES else list(seeds))
         mean = headline[name]["val"]["accuracy"]
-        mean = mean if name.startswith("reference") else mean["mean"]
+        mean = mean if name in compare.REFERENCES else mean["mean"]
         assert mean == pytest.approx(statistics.fmean(val), abs=2e-6)
         assert details["summary"][name]["val"]["accuracy"]["max"] == max(val)
     birnn_val = [
@@ -479,7 +517,8 @@ def test_compare_reads_what_the_real_stages_write(tiny_project):
     for name in ("baseline", "birnn", "stacked"):
         for s in seeds:
             summary = json.loads(Path(f"metrics/train/{name}/seed{s}.json").read_text())
-            assert details["training"][name][s] == {k: summary[k] for k in ("best_epoch", "epochs_run")}
+            kept = {k: details["training"][name][s][k] for k in ("best_epoch", "epochs_run", "train_seconds")}
+            assert kept == {k: summary[k] for k in ("best_epoch", "epochs_run", "train_seconds")}
     rows = {n: json.loads(Path(f"metrics/predictions/{n}.json").read_text()) for n in ("baseline", "birnn")}
     b = sum(
         x["predicted"] == x["actual"] != y["predicted"] for x, y in zip(rows["baseline"], rows["birnn"], strict=True)
@@ -495,7 +534,7 @@ def test_a_train_run_stopped_between_its_outputs_is_refused_after_evaluate(tiny_
     beside the previous run's files; once evaluate scores that model, compare refuses the set."""
     runner = CliRunner()
     _set_seeds((7,))
-    runs = [["train", m, "--seed", "7"] for m in ("baseline", "birnn", "stacked")]
+    runs = [["train", m] for m in MODELS]
     for args in (["download"], ["prepare"], *runs, ["evaluate"], ["compare"]):
         assert runner.invoke(app, args).exit_code == 0, args
     old_summary = Path("metrics/train/birnn/seed7.json").read_bytes()

@@ -221,7 +221,9 @@ def test_a_trickling_server_meets_the_total_deadline(previous, trickle, monkeypa
     monkeypatch.setattr(url, "RATE_GRACE_S", 100.0)
     start = time.monotonic()
     _refused(_cli(source="url", url=trickle, sha256="0" * 64), "not finished within 1 s", trickle)
-    assert time.monotonic() - start < 4
+    # The message names the deadline; the clock only guards against a download that never ends
+    # (the server trickles forever), generously: the machine may be busy.
+    assert time.monotonic() - start < 30
     assert previous()
 
 
@@ -230,7 +232,7 @@ def test_a_trickling_server_is_dropped_below_the_minimum_rate(previous, trickle,
     monkeypatch.setattr(url, "MIN_BYTES_PER_S", 1000)
     start = time.monotonic()
     _refused(_cli(source="url", url=trickle, sha256="0" * 64), "below the minimum of 1000 bytes/s")
-    assert time.monotonic() - start < 4
+    assert time.monotonic() - start < 30  # a guard against a download that never ends, not a timing
     assert previous()
 
 

@@ -1,42 +1,87 @@
-"""The C++ recurrence builds once per source and environment, whichever ninja a shell finds first."""
+"""The C++ recurrence builds once per source, environment and CPU, whichever ninja a shell finds first.
+
+These tests compile for real (20-60 s a build), so the file builds twice: once for this machine,
+shared by every test here, and once for a CPU it pretends to be.
+"""
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-LOAD = "from pipeline.model import recurrence; assert recurrence.compiled() is not None"
+LOAD = "from pipeline.model import recurrence; print(recurrence.require_kernel(allow_fallback=False)['kernel'])"
+SYSTEM_FIRST = os.pathsep.join(["/usr/local/bin", "/usr/bin", "/bin"])
+VENV_FIRST = os.pathsep.join([str(Path(sys.executable).parent), SYSTEM_FIRST])
 
 
-def _load(extensions: Path, path: str) -> None:
+def _load(extensions: Path, path: str) -> Path:
+    """Load the kernel in a fresh process with this PATH; it must be the kernel, not the fallback."""
     env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(extensions), PATH=path)
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    env.pop("PIPELINE_PURE_PYTORCH", None)
     result = subprocess.run([sys.executable, "-c", LOAD], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "note:" not in result.stderr  # the kernel, not the fallback
+    assert "note:" not in result.stderr
+    return Path(result.stdout.strip())
 
 
-def _library(extensions: Path) -> Path:
-    (library,) = extensions.glob("pipeline_recurrence_*/pipeline_recurrence_*.so")
-    return library
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """The kernel built for this machine in a fresh extensions folder: the library's path."""
+    return _load(tmp_path_factory.mktemp("torch_extensions"), VENV_FIRST)  # an activated venv, `dvc repro`
 
 
-def test_a_shell_with_another_ninja_first_on_path_does_not_rebuild(tmp_path):
-    system_first = os.pathsep.join(["/usr/local/bin", "/usr/bin", "/bin"])
-    venv_first = os.pathsep.join([str(Path(sys.executable).parent), system_first])
-    _load(tmp_path, venv_first)  # an activated venv, `dvc repro`
-    built = _library(tmp_path).stat()
-    if shutil.which("ninja", path=system_first) is None:
-        pytest.skip("no second ninja on this machine to take the first one's place")
-    _load(tmp_path, system_first)  # `make` with .venv/bin/python, an IDE, a cron job
-    _load(tmp_path, venv_first)
-    again = _library(tmp_path).stat()
-    assert (again.st_ino, again.st_mtime_ns) == (built.st_ino, built.st_mtime_ns)
+def test_a_shell_with_another_ninja_first_on_path_does_not_rebuild(built):
+    """A system ninja first on PATH, or none at all: the pinned ninja runs and finds the build current."""
+    before = built.stat()
+    extensions = built.parents[1]
+    assert _load(extensions, SYSTEM_FIRST) == built  # `make` with .venv/bin/python, an IDE, a cron job
+    assert _load(extensions, VENV_FIRST) == built
+    after = built.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_a_cache_that_travels_to_another_cpu_builds_anew_beside_the_first(built, monkeypatch):
+    from pipeline.model import recurrence
+
+    before = built.stat()
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(built.parents[1]))
+    monkeypatch.delenv("PIPELINE_PURE_PYTORCH", raising=False)
+    monkeypatch.setattr(recurrence, "_KERNEL", None)
+    monkeypatch.setattr(recurrence, "_cpu_key", lambda: "x86_64\nAVX512\nmodel name: another CPU")
+    other = Path(recurrence.require_kernel(allow_fallback=False)["kernel"])
+    assert other.is_file()
+    assert other.parents[1] == built.parents[1] and other.parent != built.parent
+    after = built.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # this CPU's build, intact
+
+
+CPUINFO = """processor\t: {n}
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 85
+model name\t: Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz
+cpu MHz\t\t: {mhz}
+flags\t\t: fpu sse sse2 avx avx2 fma{extra}
+bogomips\t: 5000.00
+"""
+
+
+def test_the_cpu_key_follows_the_instruction_set_not_the_clock(tmp_path, monkeypatch):
+    from pipeline.model import recurrence
+
+    def key(mhz: str, extra: str = "") -> str:
+        cpuinfo = tmp_path / "cpuinfo"
+        cpuinfo.write_text("\n".join(CPUINFO.format(n=n, mhz=mhz, extra=extra) for n in range(2)))
+        monkeypatch.setattr(recurrence, "_CPUINFO", cpuinfo)
+        return recurrence._cpu_key()
+
+    assert key("2500.000") == key("3100.412")
+    assert key("2500.000") != key("2500.000", extra=" avx512f")
 
 
 def test_threads_that_arrive_during_the_build_wait_for_it(monkeypatch):
@@ -60,6 +105,7 @@ def test_threads_that_arrive_during_the_build_wait_for_it(monkeypatch):
 
     monkeypatch.setattr(recurrence, "_KERNEL", None)
     monkeypatch.setattr(recurrence, "_build", slow_build)
+    monkeypatch.setattr(recurrence, "_blas_problem", lambda kernel: None)
     monkeypatch.delenv("PIPELINE_PURE_PYTORCH", raising=False)
     with ThreadPoolExecutor(8) as pool:
         first = pool.submit(recurrence.compiled)

@@ -26,16 +26,43 @@ def _batch(lengths: list[int], width: int, seed: int = 0) -> tuple[torch.Tensor,
     return ids, torch.tensor(lengths)
 
 
+def _reference_logits(model: RNNClassifier, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Each text alone, unpadded, through the model's own torch module (nn.RNN / GRU / LSTM),
+    with the readout written out from its definition: the reference the batched path must match."""
+    rows = []
+    for row, n in enumerate(lengths.tolist()):
+        out, h_n = model.rnn(model.embedding(ids[row, :n])[None])  # (1, n, D*H): no padding at all
+        if model.cfg.readout == "final":
+            h_n = h_n[0] if isinstance(h_n, tuple) else h_n
+            top = h_n.view(model.cfg.num_layers, model.num_directions, 1, model.cfg.hidden_dim)[-1]
+            features = torch.cat(list(top), dim=-1)[0]
+        elif model.cfg.readout == "mean":
+            features = out[0].mean(0)
+        else:
+            features = out[0].max(0).values
+        rows.append(model.head(features))
+    return torch.stack(rows)
+
+
 @pytest.mark.parametrize(
     ("cell", "readout", "bidirectional", "num_layers"),
     list(itertools.product(["rnn", "gru", "lstm"], ["final", "mean", "max"], [False, True], [1, 2])),
 )
-def test_output_shape_for_every_combination(cell, readout, bidirectional, num_layers):
+def test_every_combination_gives_the_reference_logits(cell, readout, bidirectional, num_layers):
+    """Eval mode: the padded batch's logits equal each text run alone through torch's module, in
+    float64; train mode: the shape holds and dropout changes the logits."""
     model = _model(cell=cell, readout=readout, bidirectional=bidirectional, num_layers=num_layers, dropout=0.2)
-    ids, lengths = _batch([7, 3, 1], width=9)
-    assert model(ids, lengths).shape == (3, CLASSES)
+    model = model.double()
+    ids, lengths = _batch([7, 3, 1, 9], width=11)
+    with torch.no_grad():
+        logits = model(ids, lengths)
+        expected = _reference_logits(model, ids, lengths)
+    assert logits.shape == (4, CLASSES) and logits.dtype == torch.float64
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-12)
     model.train()
-    assert model(ids, lengths).shape == (3, CLASSES)
+    with torch.no_grad():
+        trained = model(ids, lengths)
+    assert trained.shape == (4, CLASSES) and not torch.allclose(trained, logits)
 
 
 def _unpadded_features(model: RNNClassifier, ids: torch.Tensor, n: int) -> torch.Tensor:

@@ -23,7 +23,10 @@ from pipeline.core import params as P
 from pipeline.core import safe_yaml
 
 PARAMS_TEXT = (ROOT / "params.yaml").read_text(encoding="utf-8")
-MODEL_KEYS = "cell, embed_dim, hidden_dim, num_layers, bidirectional, dropout, word_dropout, readout, early_stopping"
+MODEL_KEYS = (
+    "cell, embed_dim, hidden_dim, num_layers, bidirectional, dropout, word_dropout, readout, early_stopping, "
+    "max_train_accuracy, weight_decay"
+)
 
 
 @pytest.fixture
@@ -36,8 +39,19 @@ def test_repository_params_are_valid(raw):
     assert params.birnn.bidirectional and not params.baseline.bidirectional
     assert params.compare.targets.min_val_accuracy == 0.85
     assert params.train.seeds == (42, 43, 44, 45, 46) and params.train.processes == 1
-    assert P.MODELS == ("baseline", "birnn", "stacked")
-    assert [params.model(name) for name in P.MODELS] == [params.baseline, params.birnn, params.stacked]
+    assert P.MODELS[0] == P.LADDER[0] == "baseline" and P.LADDER[-1] == "birnn"
+    assert [params.model(name) for name in P.MODELS] == [getattr(params, name) for name in P.MODELS]
+    # Every model section of the dataclass is one of MODELS, in the same order.
+    sections = [f.name for f in dataclasses.fields(P.Params) if f.type in ("ModelParams", P.ModelParams)]
+    assert tuple(sections) == P.MODELS
+    # Each rung of the ladder differs from the one before in exactly one setting.
+    for before, after in zip(P.LADDER, P.LADDER[1:], strict=False):
+        a, b = dataclasses.asdict(params.model(before)), dataclasses.asdict(params.model(after))
+        assert len([k for k in a if a[k] != b[k]]) == 1, (before, after)
+    for name, key in zip(P.COUNTERFACTUALS, ("bidirectional", "readout"), strict=True):
+        a, b = dataclasses.asdict(params.birnn), dataclasses.asdict(params.model(name))
+        assert [k for k in a if a[k] != b[k]] == [key]
+    assert params.window.max_train_accuracy == params.compare.targets.max_train_accuracy
     assert (params.stacked.num_layers, params.stacked.hidden_dim, params.stacked.bidirectional) == (
         2,
         44,
@@ -77,7 +91,7 @@ def test_unknown_key_is_named(raw):
 
 
 def test_unknown_section_is_named(raw):
-    sections = "download, prepare, train, baseline, birnn, stacked, evaluate, compare"
+    sections = ", ".join(["download", "prepare", "train", *P.MODELS, "evaluate", "compare"])
     _rejects(raw, "trian", {}, f"trian: unknown section (allowed: {sections})")
 
 

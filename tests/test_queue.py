@@ -3,8 +3,10 @@
 Queue workers run each experiment in a temporary copy of the commit that holds only git-tracked
 files (and take unchanged outputs from the shared cache), so the corpus and the code are
 committed here. They inherit the environment of `dvc queue start`, which is how
-OMP_NUM_THREADS=1 reaches each worker's training (which records the threads it used) and keeps
-two workers to one core each.
+OMP_NUM_THREADS=1 reaches each worker's training and keeps two workers to one core each: the
+train stage, which otherwise trains its seeds side by side in train.threads forked processes
+(as the committed run does here), trains them one after another in its own process, on one
+thread (which it records).
 """
 
 from __future__ import annotations
@@ -23,6 +25,40 @@ from dvc_repo import DVC, exp_show_rows, make_repo, ran, runner
 pytestmark = pytest.mark.e2e
 
 TIMEOUT_S = 300
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        data = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    return int(data[data.rindex(b")") + 2 :].split()[1])  # the name in (...) may hold spaces
+
+
+def forked_trainers(seen: dict[int, str]) -> int:
+    """How many of `seen` are workers forked by a train stage: its command line, and it their parent."""
+    return sum(
+        "pipeline train " in cmd and seen.get(_parent(pid)) == cmd  # a shell's `-c` line is not the same
+        for pid, cmd in seen.items()
+    )
+
+
+def repro_watching(repo: Path, env: dict[str, str], log: Path) -> int:
+    """`dvc repro` in `repo`; returns the most train workers seen at once."""
+    most = 0
+    with open(log, "w") as out:
+        dvc = subprocess.Popen((DVC, "repro"), cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 2 * TIMEOUT_S
+            while dvc.poll() is None and time.monotonic() < deadline:
+                most = max(most, forked_trainers(processes_in(repo)))
+                time.sleep(0.02)
+        finally:
+            if dvc.poll() is None:
+                dvc.kill()
+            dvc.wait()
+    assert dvc.returncode == 0, log.read_text()[-3000:]
+    return most
 
 
 def processes_in(folder: Path) -> dict[int, str]:
@@ -45,11 +81,12 @@ def processes_in(folder: Path) -> dict[int, str]:
 def test_two_queued_experiments_run_in_two_workers_with_one_thread_each(tmp_path):
     repo = tmp_path / "repo"
     params = tiny_params_dict()
-    params["train"]["seeds"] = [7]
+    params["train"]["seeds"] = [7, 8]
     params["train"]["threads"] = 2  # as in params.yaml: OMP_NUM_THREADS=1 is what must cap it
-    env = make_repo(repo, params)
+    env = {k: v for k, v in make_repo(repo, params).items() if k != "OMP_NUM_THREADS"}
     sh = runner(repo, env)
-    sh(DVC, "repro")
+    # Uncapped, each train stage trains its two seeds in two forked workers.
+    assert repro_watching(repo, env, tmp_path / "repro.log") == 2
     sh("git", "add", "-A")
     sh("git", "commit", "-qm", "baseline run")
 
@@ -68,13 +105,14 @@ def test_two_queued_experiments_run_in_two_workers_with_one_thread_each(tmp_path
             timeout=120,
             check=True,
         )
-    runs_at_once = 0
+    runs_at_once, forked = 0, 0
     try:
         # Workers exit on their own once the queue is empty; until then, count what runs at once.
         deadline = time.monotonic() + TIMEOUT_S
         while (seen := processes_in(repo)) and time.monotonic() < deadline:
             runs_at_once = max(runs_at_once, sum(" exp exec-run " in cmd for cmd in seen.values()))
-            time.sleep(0.2)
+            forked = max(forked, forked_trainers(seen))
+            time.sleep(0.02)
     finally:
         if processes_in(repo):
             subprocess.run((DVC, "queue", "stop", "--kill"), cwd=repo, env=env, capture_output=True, timeout=120)
@@ -87,6 +125,7 @@ def test_two_queued_experiments_run_in_two_workers_with_one_thread_each(tmp_path
     assert status.count("Success") == 2, status
     assert "Worker status: 0 active, 0 idle" in status
     assert runs_at_once == 2, "the two experiments did not run side by side"
+    assert forked == 0, "a queued train stage trained its seeds in forked workers, past OMP_NUM_THREADS=1"
 
     experiments = {
         row["params"]["params.yaml"]["data"]["birnn"]["hidden_dim"]: row
@@ -98,7 +137,7 @@ def test_two_queued_experiments_run_in_two_workers_with_one_thread_each(tmp_path
         # Each trained the BiRNN only, the rest coming from the cache, in one thread.
         assert ran(sh(DVC, "queue", "logs", experiments[hidden_dim]["name"])) == {
             "check-params",
-            "train@birnn-7",
+            "train@birnn",
             "publish@birnn",
             "evaluate",
             "compare",

@@ -1,9 +1,11 @@
 """A stage's process ends with the command that started it, and one run at a time writes its outputs.
 
 A stand-in for DVC starts `pipeline train` the way DVC does (`$SHELL -c "<cmd>"` with DVC_STAGE
-set) and is then killed with SIGKILL: the stage must stop within seconds, leave the previous
-outputs byte for byte and no temp file. Started by hand, a stage outlives its shell like any
-command. A second run of the same stage is refused with one line while the first holds its lock.
+set) and is then killed with SIGKILL while the stage's seeds train in the workers it forked: the
+stage and its workers must stop within seconds, leave the previous outputs byte for byte, no temp
+file and the lock free. Started by hand, a stage outlives its shell like any command, and a SIGTERM
+stops it and its workers. A second run of the same stage is refused with one line while the first
+holds its lock.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from pipeline.core import params as params_module
 from pipeline.stages import download, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
-LOCK = Path(".pipeline-locks/train-birnn-seed-7.lock")
+# The locks of `pipeline train birnn` (every seed: DVC's train@birnn) and of `... --seed 7`.
+STAGE_LOCK = Path(".pipeline-locks/train-birnn.lock")
+SEED_LOCK = Path(".pipeline-locks/train-birnn-seed-7.lock")
 # What DVC does for a stage: run its command through a shell, with DVC_STAGE in the command's
 # environment (not in its own), here only if a stage name is given.
 FAKE_DVC = """
@@ -35,7 +39,8 @@ SHELLS = [s for s in ("/bin/bash", "/bin/sh") if Path(s).exists()]  # bash execs
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("DVC_STAGE", "PIPELINE_GUARDIAN")}
+    # Without OMP_NUM_THREADS, which would cap train.threads: the seeds train in two workers.
+    env = {k: v for k, v in os.environ.items() if k not in ("DVC_STAGE", "PIPELINE_GUARDIAN", "OMP_NUM_THREADS")}
     return {**env, "PYTHONPATH": str(ROOT), **extra}
 
 
@@ -69,11 +74,11 @@ def _temp_files() -> list[str]:
     return [str(p) for p in Path().rglob(".*") if p.name.endswith((".tmp", ".old"))]
 
 
-def _lock_holder(timeout: float = 180) -> psutil.Process:
-    """The process that holds the train stage's lock (its pid is in the lock file)."""
+def _lock_holder(lock: Path, timeout: float = 180) -> psutil.Process:
+    """The process that holds a train run's lock (its pid is in the lock file)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pid = LOCK.read_text().strip() if LOCK.exists() else ""
+        pid = lock.read_text().strip() if lock.exists() else ""
         if pid.isdigit():
             try:
                 holder = psutil.Process(int(pid))
@@ -90,17 +95,69 @@ def _gone(process: psutil.Process, timeout: float) -> bool:
         process.wait(timeout)
     except psutil.TimeoutExpired:
         return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:  # not our child: already reaped by whoever is its parent now
+        pass
+    return True
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _workers(stage: psutil.Process, timeout: float = 180) -> list[psutil.Process]:
+    """The two workers the stage forks to train its seeds (children running its own command line
+    for a while: a subprocess shows it too, for the moment before its exec), once both are up."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        command = stage.cmdline()
+        found = []
+        for child in stage.children():
+            try:
+                if child.cmdline() == command and _running(child) and time.time() - child.create_time() > 0.5:
+                    found.append(child)
+            except psutil.Error:
+                continue
+        if len(found) == 2:
+            return found
+        time.sleep(0.05)
+    raise AssertionError("the stage never forked its two workers")
+
+
+def _all_gone(processes: list[psutil.Process], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while any(_running(p) for p in processes):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _lock_free(lock: Path) -> bool:
+    """Nobody holds `lock` (a worker would, through the stage's open lock file it inherits)."""
+    if not lock.exists():
+        return True
+    with open(lock) as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
     return True
 
 
 @pytest.fixture
 def trained_once(tiny_project):
-    """Prepared data and one finished birnn run (the previous outputs); params then make a run long."""
+    """Prepared data and the birnn's finished runs of both seeds (the previous outputs); params
+    then make a run long, with the seeds side by side in two workers."""
     raw = yaml.safe_load(Path("params.yaml").read_text())
+    raw["train"]["threads"] = 2
+    Path("params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     loaded = params_module.parse(raw)
     download.run(loaded)
     prepare.run(loaded)
-    assert _pipeline("train", "birnn", "--seed", "7").returncode == 0
+    assert _pipeline("train", "birnn").returncode == 0
     raw["train"].update(max_epochs=100_000, patience=100_000)  # runs until stopped
     Path("params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     yield tiny_project
@@ -115,43 +172,56 @@ def trained_once(tiny_project):
 @pytest.mark.parametrize("shell", SHELLS)
 def test_a_stage_under_dvc_stops_when_dvc_is_killed_and_changes_nothing(trained_once, shell):
     before = _outputs()
-    parent = _under_parent(shell, f"{sys.executable} -m pipeline train birnn --seed 7", "train@birnn-7")
-    stage = _lock_holder()
+    parent = _under_parent(shell, f"{sys.executable} -m pipeline train birnn", "train@birnn")
+    stage = _lock_holder(STAGE_LOCK)
+    workers = _workers(stage)
     time.sleep(1)  # into the training loop
+    assert all(_running(w) for w in workers), "a worker ended by itself"
     parent.kill()
     assert _gone(stage, timeout=30), "the stage outlived the command that started it"
+    assert _all_gone(workers, timeout=30), "a worker outlived its stage"
     _, err = parent.communicate(timeout=30)  # the stage held the same stderr: it has ended
     assert err.strip().splitlines()[-1].startswith("interrupted; rerun the command"), err
     assert _outputs() == before
     assert _temp_files() == []
+    assert _lock_free(STAGE_LOCK)
 
 
 def test_a_stage_started_by_hand_outlives_its_shell_and_a_sigterm_cleans_up(trained_once):
     before = _outputs()
-    parent = _under_parent(SHELLS[0], f"{sys.executable} -m pipeline train birnn --seed 7")
-    stage = _lock_holder()
+    parent = _under_parent(SHELLS[0], f"{sys.executable} -m pipeline train birnn")
+    stage = _lock_holder(STAGE_LOCK)
+    workers = _workers(stage)
     parent.kill()
     time.sleep(2)
-    assert stage.is_running() and stage.status() != psutil.STATUS_ZOMBIE  # nohup-style use keeps working
+    # nohup-style use keeps working, the workers' training included
+    assert all(_running(p) for p in (stage, *workers))
     stage.terminate()
     assert _gone(stage, timeout=30)
+    assert _all_gone(workers, timeout=30), "a worker outlived its stage"
     _, err = parent.communicate(timeout=30)
     assert err.strip().splitlines()[-1].startswith("interrupted; rerun the command"), err
     assert _outputs() == before
     assert _temp_files() == []
+    assert not STAGE_LOCK.parent.exists()  # an interrupted run takes its lock file with it
 
 
-def test_a_second_run_of_the_same_stage_is_refused_in_one_line(trained_once):
+@pytest.mark.parametrize(
+    "run, lock",
+    [("train birnn", STAGE_LOCK), ("train birnn --seed 7", SEED_LOCK)],
+    ids=["every seed", "one seed"],
+)
+def test_a_second_run_of_the_same_stage_is_refused_in_one_line(trained_once, run, lock):
     before = _outputs()
-    LOCK.parent.mkdir(exist_ok=True)
-    with open(LOCK, "w") as held:  # as a run in progress holds it
+    lock.parent.mkdir(exist_ok=True)
+    with open(lock, "w") as held:  # as a run in progress holds it
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         held.write("4242\n")
         held.flush()
-        result = _pipeline("train", "birnn", "--seed", "7")
+        result = _pipeline(*run.split())
     assert result.returncode == 2
     assert result.stderr == (
-        "error: `pipeline train birnn --seed 7` is already running in this folder (pid 4242); "
+        f"error: `pipeline {run}` is already running in this folder (pid 4242); "
         "wait for it to end or stop it, then rerun\n"
     )
     assert _outputs() == before
@@ -159,8 +229,8 @@ def test_a_second_run_of_the_same_stage_is_refused_in_one_line(trained_once):
     # The holder is gone (its lock file stays, as after a kill -9): the next run takes the lock,
     # and a finished run leaves no lock file behind.
     _short_params("short.yaml")
-    assert _pipeline("train", "birnn", "--seed", "7", "--params", "short.yaml").returncode == 0
-    assert not LOCK.parent.exists()
+    assert _pipeline(*run.split(), "--params", "short.yaml").returncode == 0
+    assert not lock.parent.exists()
 
 
 def _short_params(path: str) -> None:
@@ -177,7 +247,7 @@ def test_two_real_runs_at_once_one_is_refused_and_other_seeds_run(trained_once):
         text=True,
         env=_env(),
     )
-    holder = _lock_holder()
+    holder = _lock_holder(SEED_LOCK)
     assert holder.pid == first.pid
     second = _pipeline("train", "birnn", "--seed", "7")
     assert second.returncode == 2
@@ -199,9 +269,9 @@ def test_torchrun_workers_stop_with_the_command_that_started_them(trained_once, 
     Path("params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     before = _outputs()
     mark = f"{killed}-{os.getpid()}"  # inherited by every process of this run
-    command = f"{sys.executable} -m pipeline train birnn --seed 7"
+    command = f"{sys.executable} -m pipeline train birnn"  # the train@birnn stage's command
     parent = subprocess.Popen(
-        [sys.executable, "-c", FAKE_DVC, SHELLS[-1], command, "train@birnn-7" if killed == "dvc" else ""],
+        [sys.executable, "-c", FAKE_DVC, SHELLS[-1], command, "train@birnn" if killed == "dvc" else ""],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=_env(STAGE_TEST_MARK=mark),

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -213,3 +216,116 @@ def test_scoring_batches_hold_their_states_within_budget_and_score_the_same(arch
         logits = model.eval()(ids, lengths)
     assert batched["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, split.labels).item(), rel=1e-5)
     assert batched["accuracy"] * len(lengths) == pytest.approx(int((logits.argmax(1) == split.labels).sum()))
+
+
+def _side_by_side(params, threads: int = 2):
+    return dataclasses.replace(params, train=dataclasses.replace(params.train, seeds=(7, 8, 9), threads=threads))
+
+
+@pytest.mark.parametrize("name", ["baseline", "birnn", "stacked"])
+def test_runs_side_by_side_write_the_bytes_of_each_run_alone(prepared, name):
+    """Three seeds trained in two threads at once give each seed's checkpoint from a run alone."""
+    params = _side_by_side(prepared)
+    train.run(params, name)
+    together = {seed: layout.run_checkpoint(name, seed).read_bytes() for seed in (7, 8, 9)}
+    summaries = {seed: json.loads(layout.run_summary(name, seed).read_text()) for seed in (7, 8, 9)}
+    assert len(set(together.values())) == 3  # three different runs
+    for seed in (7, 8, 9):
+        train.run(params, name, seed)
+        assert layout.run_checkpoint(name, seed).read_bytes() == together[seed], seed
+        alone = json.loads(layout.run_summary(name, seed).read_text())
+        assert alone["best_epoch"] == summaries[seed]["best_epoch"]
+        assert alone["checkpoint_sha256"] == summaries[seed]["checkpoint_sha256"]
+    train.run(params, name)  # and a rerun of all three is byte-identical
+    assert {seed: layout.run_checkpoint(name, seed).read_bytes() for seed in (7, 8, 9)} == together
+
+
+def test_a_run_of_every_seed_replaces_the_model_folders_whole(prepared):
+    params = _side_by_side(prepared)
+    train.run(params, "baseline")
+    fewer = dataclasses.replace(params, train=dataclasses.replace(params.train, seeds=(8,)))
+    train.run(fewer, "baseline")
+    assert sorted(p.name for p in Path("models/baseline").iterdir()) == ["seed8.pt"]
+    assert sorted(p.name for p in Path("metrics/train/baseline").iterdir()) == ["seed8.json"]
+    assert sorted(p.name for p in Path("dvclive/baseline").iterdir()) == ["seed8"]
+
+
+def test_one_failing_run_stops_the_others_and_writes_nothing(prepared, monkeypatch):
+    params = _side_by_side(prepared)
+    train.run(params, "birnn")
+    before = {p: p.read_bytes() for p in Path(".").rglob("*") if p.is_file() and "birnn" in str(p)}
+    real = train.train_one_epoch
+
+    def seed8_diverges(model, split, batch_list, *args, **kwargs):  # runs in the forked workers
+        if model.generator.initial_seed() == 8:
+            raise UserError("training diverged: the loss became nan after 0 examples")
+        return real(model, split, batch_list, *args, **kwargs)
+
+    monkeypatch.setattr(train, "train_one_epoch", seed8_diverges)
+    result = CliRunner().invoke(app, ["train", "birnn"])
+    assert result.exit_code == 2 and "training diverged" in result.output and "Traceback" not in result.output
+    after = {p: p.read_bytes() for p in Path(".").rglob("*") if p.is_file() and "birnn" in str(p)}
+    assert after == before
+    assert multiprocessing.active_children() == []  # no worker left training
+
+
+def test_a_worker_killed_midway_stops_the_stage_with_one_line(prepared, monkeypatch):
+    """Killed without a word (kill -9, the OOM killer): the stage says so instead of waiting forever."""
+    params = _side_by_side(prepared)
+    real = train.train_one_epoch
+
+    def seed9_is_killed(model, split, batch_list, *args, **kwargs):
+        if model.generator.initial_seed() == 9:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(model, split, batch_list, *args, **kwargs)
+
+    monkeypatch.setattr(train, "train_one_epoch", seed9_is_killed)
+    with pytest.raises(UserError, match=r"the run of seed 9 ended without a result \(exit code -9\)"):
+        train.run(params, "birnn")
+    assert not Path("models/birnn").exists() and multiprocessing.active_children() == []
+
+
+def test_the_training_ceiling_keeps_the_best_epoch_under_it(prepared, monkeypatch):
+    """max_train_accuracy: the lowest val loss among epochs whose train accuracy is below the ceiling."""
+    train_acc = iter([0.5, 0.8, 0.95, 0.97, 0.99, 0.99])
+    val_loss = iter([0.9, 0.6, 0.3, 0.2, 0.1, 0.1])
+    real_score = train.score_shard
+
+    def scripted(model, split, world, device):
+        metrics = real_score(model, split, world, device)
+        if split is scripted.train:
+            metrics["accuracy"] = next(train_acc)
+        else:
+            metrics["loss"] = next(val_loss)
+        return metrics
+
+    scripted.train = train.load_split("train")
+    monkeypatch.setattr(train, "score_shard", scripted)
+    monkeypatch.setattr(train, "load_split", lambda name: scripted.train if name == "train" else val_split)
+    val_split = load_split("val")
+    params = dataclasses.replace(
+        prepared,
+        train=dataclasses.replace(prepared.train, max_epochs=6, patience=3, seeds=(7,)),
+        window=dataclasses.replace(prepared.window, max_train_accuracy=0.9),
+    )
+    train.run(params, "window", 7)
+    summary = json.loads(Path("metrics/train/window/seed7.json").read_text())
+    assert summary["best_epoch"] == 2 and summary["train_accuracy"] == 0.8
+    assert summary["epochs_run"] == 5  # epochs 3, 4, 5 break the ceiling: patience runs out
+    assert summary["selection"] == "lowest val loss among epochs with train accuracy < 0.9"
+    assert summary["unconstrained"]["epoch"] == 5 and summary["unconstrained"]["train_accuracy"] == 0.99
+    assert checkpoints.load_checkpoint("models/window/seed7.pt")["epoch"] == 2
+
+
+def test_a_ceiling_no_epoch_meets_stops_with_one_line(prepared):
+    params = dataclasses.replace(prepared, window=dataclasses.replace(prepared.window, max_train_accuracy=1e-9))
+    result = CliRunner().invoke(app, ["train", "window", "--seed", "7"])
+    assert result.exit_code == 0  # the file's ceiling is met
+    with pytest.raises(UserError, match="no epoch reached training accuracy below max_train_accuracy = 1e-09"):
+        train.run(params, "window", 7)
+
+
+def test_a_model_weight_decay_overrides_the_training_one(prepared):
+    t = prepared.train
+    assert train.for_model(t, prepared.birnn) is t
+    assert train.for_model(t, prepared.window).weight_decay == prepared.window.weight_decay != t.weight_decay

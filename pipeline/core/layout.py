@@ -16,6 +16,26 @@ MODELS = Path("models")
 METRICS = Path("metrics")
 CURVES = Path("dvclive")
 
+# The model sections of params.yaml, in the order of the report: the ablation ladder from the
+# starter experiment's Before (baseline) to its After (birnn), one change a rung; the After's
+# two counterfactuals; the stacked BiRNN; and the BiRNN held under the training ceiling.
+MODEL_NAMES = (
+    "baseline",
+    "plus_bidirectional",
+    "plus_dropout",
+    "plus_word_dropout",
+    "plus_max_readout",
+    "birnn",
+    "birnn_unidirectional",
+    "birnn_final_readout",
+    "stacked",
+    "window",
+)
+# The ablation ladder, rung by rung: each differs from the one before in one setting.
+LADDER = MODEL_NAMES[:6]
+# The After with one of its changes taken back: reading one way, or the final state as readout.
+COUNTERFACTUALS = ("birnn_unidirectional", "birnn_final_readout")
+
 
 def run_name(model: str, seed: int) -> str:
     return f"{model}/seed{seed}"

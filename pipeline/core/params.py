@@ -31,6 +31,9 @@ from pydantic_core.core_schema import ValidationInfo
 
 from pipeline.core import safe_yaml
 from pipeline.core.errors import UserError
+from pipeline.core.layout import COUNTERFACTUALS, LADDER, MODEL_NAMES  # noqa: F401 (the stages read them here)
+
+MODELS = MODEL_NAMES  # the model sections, in the order of the report
 
 MAX_FILE_BYTES = 1_000_000  # settings, not data; PyYAML needs about 4 s per MB
 MAX_DEPTH = 20  # params nest 4 levels; PyYAML's composer recurses and overflows near 300
@@ -112,6 +115,9 @@ class TrainParams:
     device: Literal["auto", "cpu", "cuda"] = Field()
     processes: StrictInt = Field(ge=1, le=64)  # data-parallel processes under torchrun
     threads: StrictInt = Field(ge=1, le=256)
+    # Train with the PyTorch loop where the C++ recurrence cannot be built or loaded (slower,
+    # and other dropout masks); false stops the stage with one line instead.
+    allow_fallback: StrictBool = Field()
 
     @field_validator("seeds", mode="wrap")
     @classmethod
@@ -135,8 +141,14 @@ class ModelParams:
     word_dropout: StrictFloat = Field(ge=0, lt=1)
     readout: Literal["final", "mean", "max"] = Field()
     # Training-time, per model: stop on validation loss after train.patience epochs without
-    # improvement and keep the best epoch; false runs all train.max_epochs, like the seed's loop.
+    # improvement and keep the best epoch; false runs all train.max_epochs, like the starter experiment's loop.
     early_stopping: StrictBool = Field()
+    # Optional, for the model that must meet the starter experiment's training ceiling: early
+    # stopping keeps the lowest validation loss among the epochs whose eval-mode training
+    # accuracy is below this, and stops once none has improved for train.patience epochs.
+    max_train_accuracy: StrictFloat | None = Field(default=None, gt=0, le=1, description="null for no ceiling")
+    # Optional: this model's AdamW weight decay; null takes train.weight_decay.
+    weight_decay: StrictFloat | None = Field(default=None, ge=0, le=10, description="null for train.weight_decay")
 
 
 @dataclass(frozen=True, config=_CONFIG)
@@ -147,9 +159,22 @@ class ReferenceParams:
 
 
 @dataclass(frozen=True, config=_CONFIG)
+class FastTextParams:
+    # fastText's supervised settings, named like its own (wordNgrams, minCount), snake-cased.
+    dim: StrictInt = Field(ge=1, le=1024)
+    epoch: StrictInt = Field(ge=1, le=10_000)
+    lr: StrictFloat = Field(gt=0, le=10)
+    word_ngrams: StrictInt = Field(ge=1, le=10)
+    min_count: StrictInt = Field(ge=1, le=1_000_000)
+    bucket: StrictInt = Field(ge=1, le=10_000_000)  # hashed rows for the word n-grams
+    seed: Seed = Field()
+
+
+@dataclass(frozen=True, config=_CONFIG)
 class EvaluateParams:
     batch_size: StrictInt = Field(ge=1, le=1_000_000)
     reference: ReferenceParams = Field()
+    fasttext: FastTextParams = Field()
 
 
 @dataclass(frozen=True, config=_CONFIG)
@@ -170,9 +195,19 @@ class Params:
     download: DownloadParams = _ABSENT
     prepare: PrepareParams = _ABSENT
     train: TrainParams = _ABSENT
+    # The models, in the order of the report: the ablation ladder from the starter experiment's
+    # Before (baseline) to its After (birnn), one change a rung; the After's two counterfactuals;
+    # the stacked BiRNN; and the BiRNN held under the training ceiling.
     baseline: ModelParams = _ABSENT
+    plus_bidirectional: ModelParams = _ABSENT
+    plus_dropout: ModelParams = _ABSENT
+    plus_word_dropout: ModelParams = _ABSENT
+    plus_max_readout: ModelParams = _ABSENT
     birnn: ModelParams = _ABSENT
+    birnn_unidirectional: ModelParams = _ABSENT
+    birnn_final_readout: ModelParams = _ABSENT
     stacked: ModelParams = _ABSENT
+    window: ModelParams = _ABSENT
     evaluate: EvaluateParams = _ABSENT
     compare: CompareParams = _ABSENT
 
@@ -180,8 +215,6 @@ class Params:
         section: ModelParams = getattr(self, name)
         return section
 
-
-MODELS = ("baseline", "birnn", "stacked")
 
 _repr = reprlib.Repr()
 _repr.maxlevel, _repr.maxstring, _repr.maxother, _repr.maxlong = 2, 40, 40, 40

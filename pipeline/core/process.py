@@ -106,6 +106,21 @@ def stop_with_parent() -> None:
     threading.Thread(target=_watch, args=(guardian,), name="stop-with-parent", daemon=True).start()
 
 
+def die_with_parent() -> None:
+    """In a worker forked by a stage (train's runs side by side): end when the stage ends.
+
+    The worker writes nothing itself; killed with its stage, by a signal or kill -9, it must
+    not train on, holding the stage's lock, with nobody left to take its result.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the pool stops its workers with SIGTERM
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the stage, which stops them
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent or parent == 1:  # the stage died before the line above took effect
+        os._exit(1)
+
+
 def launched_worker() -> bool:
     """A torchrun worker started by `pipeline train`, which holds the run's lock itself."""
     return GUARDIAN in os.environ and "LOCAL_RANK" in os.environ

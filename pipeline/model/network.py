@@ -89,6 +89,13 @@ class RNNClassifier(nn.Module):
         )
         self.num_directions = 2 if cfg.bidirectional else 1
         self.head = nn.Linear(cfg.hidden_dim * self.num_directions, cfg.num_classes)
+        # Where the training-time masks (dropout, word dropout) are drawn from; None: torch's
+        # global generator. A run of its own generator draws the same masks whatever else runs
+        # in the process at the same time (pipeline.stages.train runs seeds side by side).
+        self.generator: torch.Generator | None = None
+
+    def _uniform(self, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return torch.rand(like.shape, dtype=dtype, device=like.device, generator=self.generator)
 
     def dropout(self, x: torch.Tensor) -> torch.Tensor:
         """Inverted dropout with cfg.dropout while training; the identity in eval mode.
@@ -103,15 +110,15 @@ class RNNClassifier(nn.Module):
         kernel = compiled() if x.device.type == "cpu" else None
         if kernel is not None:
             # The mask's hash is keyed by one draw from torch's generator: seeded, reproducible.
-            seed = int(torch.randint(0, 2**62, (1,)))
+            seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
             return x * kernel.dropout_mask(x.detach(), p, seed)
-        return x * torch.rand_like(x).ge_(p).mul_(1.0 / (1.0 - p))  # in place: one temporary
+        return x * self._uniform(x, x.dtype).ge_(p).mul_(1.0 / (1.0 - p))  # in place: one temporary
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """ids (B, T) padded with PAD_ID, lengths (B,) of real tokens, each >= 1 -> logits (B, C)."""
         if self.training and self.cfg.word_dropout > 0:
             # Replace random real tokens by <unk>, so the model cannot lean on rare words.
-            drop = torch.rand(ids.shape, device=ids.device) < self.cfg.word_dropout
+            drop = self._uniform(ids) < self.cfg.word_dropout
             ids = ids.masked_fill(drop & (ids != PAD_ID), UNK_ID)
         if self.cfg.cell == "rnn":
             features = self._fused_features(ids, lengths.to(ids.device))

@@ -10,8 +10,9 @@ records every time step. Here a batch stays padded and time-major, and
   directions (and slices of the batch) run side by side on the CPU's threads;
 - `TanhRecurrence` stores the states of the forward pass and pushes gradients back
   through W_hh step by step, then forms dW_hh in one GEMM per direction after the loop;
-- the time loop runs in C++ (pipeline/model/csrc/recurrence.cpp, compiled on first use), with
-  the same loop in PyTorch as the fallback where no compiler is available.
+- the time loop runs in C++ (pipeline/model/csrc/recurrence.cpp, compiled on first use for
+  this CPU, its BLAS checked), with the same loop in PyTorch as the fallback where no compiler
+  is available; `kernel_info()` says which ran, for the training summary.
 
 The weights stay the `nn.RNN` module's own parameters (same names, same count), so a
 checkpoint does not depend on which path ran. Outputs at padded steps are garbage by
@@ -24,16 +25,19 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import platform
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import torch
 from torch import nn
 
 from pipeline.core import files
+from pipeline.core.errors import UserError
 
 
 def compiled():
@@ -50,17 +54,91 @@ def compiled():
     return _KERNEL if isinstance(_KERNEL, ModuleType) else None
 
 
-def _load_kernel() -> ModuleType | bool:
+def kernel_info() -> dict[str, Any]:
+    """Which recurrence runs in this process, for a training summary.
+
+    {"recurrence": "compiled" or "fallback", "kernel": the built library's path or None,
+    "blas": where the kernel's products go or None, "reason": why the fallback runs or None}.
+    "blas" is {"library": path or None (None: ATen's addmm_), "version", "symbols":
+    ["sgemm_", "dgemm_"], "integer_bits": 32 or None, "thread_cap": "MKL_Set_Num_Threads_Local" or None}.
+    """
+    kernel = compiled()
+    if kernel is None:
+        reason = _KERNEL if isinstance(_KERNEL, str) else "the PyTorch loop was chosen"
+        return {"recurrence": "fallback", "kernel": None, "blas": None, "reason": reason}
+    blas = kernel.blas_info()
+    blas["integer_bits"] = 32 if blas["library"] is not None else None  # _blas_problem checked it
+    return {"recurrence": "compiled", "kernel": kernel.__file__, "blas": blas, "reason": None}
+
+
+def require_kernel(allow_fallback: bool) -> dict[str, Any]:
+    """kernel_info(), or a UserError when the kernel cannot be used and the fallback is not allowed.
+
+    PIPELINE_PURE_PYTORCH=1 chooses the fallback on purpose, so it is allowed either way.
+    """
+    info = kernel_info()
+    deliberate = os.environ.get("PIPELINE_PURE_PYTORCH") == "1"
+    if info["recurrence"] == "fallback" and not allow_fallback and not deliberate:
+        raise UserError(
+            f"the C++ recurrence cannot be used ({info['reason']}); fix that, or set "
+            "train.allow_fallback: true to train with the slower PyTorch loop"
+        )
+    return info
+
+
+def _load_kernel() -> ModuleType | str:
+    """The checked kernel, or why the PyTorch loop runs instead."""
     if os.environ.get("PIPELINE_PURE_PYTORCH") == "1":
-        return False
+        return "PIPELINE_PURE_PYTORCH=1 chose the PyTorch loop"
     try:
         from torch.utils.cpp_extension import load
 
-        return _build(load)
+        kernel = _build(load)
     except Exception as exc:  # no compiler, no ninja, a read-only cache: slower, same maths
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        print(f"note: C++ recurrence unavailable ({first[:120]}); using the PyTorch loop", file=sys.stderr)
-        return False
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        # torch's message starts with the compile command; a compiler's own error says more.
+        first = next((line[line.index("error:") :] for line in lines if "error:" in line), lines[0])
+        reason = f"it did not build: {first[:120]}"
+    else:
+        problem = _blas_problem(kernel)
+        if problem is None:
+            return kernel
+        reason = problem
+    print(f"note: C++ recurrence unavailable ({reason}); using the PyTorch loop", file=sys.stderr)
+    return reason
+
+
+def _blas_problem(kernel: ModuleType) -> str | None:
+    """Why the kernel's BLAS cannot be trusted, or None: both products checked against torch's."""
+    for dtype in (torch.float32, torch.float64):
+        problem = _gemm_problem(kernel, dtype)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _gemm_problem(kernel: ModuleType, dtype: torch.dtype, address: int = 0) -> str | None:
+    """Why the kernel's product in `dtype` (or the gemm at `address`) differs from torch's, or None.
+
+    Small integers keep every sum exact, so any BLAS must match torch bit for bit. The sizes go
+    in twice as 32-bit integers: followed by 32 zero bits, which a 64-bit-integer BLAS reads
+    correctly too, then by -1, which it reads as negative sizes and rejects.
+    """
+    a = torch.tensor([[1, 2, 3], [4, 5, 6], [7, 8, 10]], dtype=dtype)
+    b = torch.tensor([[2, 0, 1], [1, 3, 0], [0, 1, 4]], dtype=dtype)
+    c = torch.tensor([[1, -1, 0], [0, 2, -2], [3, 0, 1]], dtype=dtype)
+    expected = torch.addmm(c, a, b)
+    right = []
+    for high in (0, -1):
+        out = c.clone()
+        kernel.gemm_probe(out, a, b, high, address)
+        right.append(torch.equal(out, expected))
+    name = f"{'s' if dtype == torch.float32 else 'd'}gemm_ from {kernel.blas_info()['library']}"
+    if not right[0]:
+        return f"{name} computes a 3 x 3 product unlike torch"
+    if not right[1]:
+        return f"{name} reads 64-bit integers"
+    return None
 
 
 _SOURCE = Path(__file__).with_name("csrc") / "recurrence.cpp"
@@ -73,10 +151,13 @@ def _build(load):
     build folder: the source (a copy kept there, as torch rebuilds when a source path
     changes), and torch's and Python's include paths (a clone with its own venv). Otherwise a
     DVC experiment's temporary copy, a second clone or CI would rebuild each other's build.
+    The CPU names it too: -march=native means another library on another CPU, where ours
+    could die of an illegal instruction (a cache in a Docker image or a shared home folder).
     """
     source = _SOURCE.read_bytes()
     environment = f"{torch.__version__}\0{Path(torch.__file__).parent}\0{sys.base_prefix}\0{sys.version}"
-    name = f"pipeline_recurrence_{hashlib.sha256(source + environment.encode()).hexdigest()[:12]}"
+    key = source + f"{environment}\0{_cpu_key()}".encode()
+    name = f"pipeline_recurrence_{hashlib.sha256(key).hexdigest()[:12]}"
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -108,6 +189,30 @@ def _build(load):
         raise AssertionError("unreachable")
 
 
+_CPUINFO = Path("/proc/cpuinfo")
+# The lines of a processor's entry that say what -march=native compiles for (x86, then ARM);
+# not its clock or bogomips, which vary from one reading to the next.
+_CPU_FIELDS = frozenset(
+    ["vendor_id", "cpu family", "model", "model name", "flags"]
+    + ["CPU implementer", "CPU architecture", "CPU variant", "CPU part", "Features"]
+)
+
+
+def _cpu_key() -> str:
+    """The CPU as -march=native sees it: its model and instruction-set flags, and torch's ISA level."""
+    try:
+        first = _CPUINFO.read_text().split("\n\n")[0]  # the first core's entry: its cores share an ISA
+    except OSError:
+        first = ""  # not Linux: the platform's names below are all there is
+    fields = {}
+    for line in first.splitlines():
+        field, _, value = line.partition(":")
+        if field.strip() in _CPU_FIELDS:
+            fields[field.strip()] = value.strip()
+    identity = [platform.machine(), platform.processor(), torch.backends.cpu.get_cpu_capability()]
+    return "\n".join(identity + [f"{field}: {value}" for field, value in sorted(fields.items())])
+
+
 @contextlib.contextmanager
 def _pinned_ninja() -> Iterator[None]:
     """Put the pinned ninja (the `ninja` package) first on PATH while torch runs ninja.
@@ -129,7 +234,7 @@ def _pinned_ninja() -> Iterator[None]:
         os.environ["PATH"] = path
 
 
-_KERNEL: ModuleType | bool | None = None  # False: tried and unavailable
+_KERNEL: ModuleType | str | None = None  # a str: why the kernel is unavailable
 _KERNEL_LOCK = threading.Lock()
 
 
@@ -266,5 +371,5 @@ def fused_rnn(
 
 if __name__ == "__main__":
     # `make install` builds the kernels here, so no training stage pays the one-time compile.
-    kernel = compiled()
-    print(f"C++ recurrence: {kernel.__file__}" if kernel is not None else "C++ recurrence: unavailable")
+    info = kernel_info()
+    print(f"C++ recurrence: {info['kernel']}" if info["kernel"] else f"C++ recurrence: unavailable ({info['reason']})")

@@ -31,7 +31,7 @@ class Classifier:
 
 
 def checkpoint_path(model: str) -> Path:
-    """A model's name (birnn, stacked, baseline) is its served checkpoint; any other value is a path."""
+    """A model's name (a section of params.yaml, e.g. birnn) is its served checkpoint; any other value is a path."""
     return layout.served_checkpoint(model) if model in MODELS else Path(model)
 
 

@@ -35,6 +35,7 @@ METRIC_NAMES = {"accuracy": "Accuracy", "loss": "Loss (cross-entropy)"}
 LEARNING_CURVES = "learning_curves.png"
 CONFUSION = "confusion_matrices.png"
 SEED_SPREAD = "seed_spread.png"
+LADDER = "ladder.png"
 
 
 def _colour(models: Sequence[str]) -> dict[str, Any]:
@@ -179,7 +180,7 @@ def confusion_spec(predictions: Mapping[str, Sequence[tuple[str, str]]]) -> dict
     }
 
 
-def seed_spread_spec(scores: Mapping[str, Sequence[Mapping[str, float]]]) -> dict[str, Any]:
+def seed_spread_spec(scores: Mapping[str, Sequence[Mapping[str, float]]], title: str | None = None) -> dict[str, Any]:
     """Accuracy of every seed as a dot, the range across seeds as a bar, the mean as a tick."""
     rows: list[dict[str, Any]] = [
         {"model": model, "seed": seed, "split": SPLIT_NAMES.get(split, split), "accuracy": float(acc)}
@@ -203,7 +204,7 @@ def seed_spread_spec(scores: Mapping[str, Sequence[Mapping[str, float]]]) -> dic
     return {
         "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
         "title": {
-            "text": f"Accuracy across seeds ({seeds} per model)",
+            "text": title or f"Accuracy across seeds ({seeds} per model)",
             "subtitle": "dot: one seed; bar: lowest to highest; tick: mean",
         },
         "data": {"values": rows},
@@ -248,6 +249,7 @@ def write(
     curves: Mapping[str, Sequence[Run]],
     predictions: Mapping[str, Sequence[tuple[str, str]]],
     seed_scores: Mapping[str, Sequence[Mapping[str, float]]],
+    ladder: Mapping[str, Sequence[Mapping[str, float]]] | None = None,
 ) -> dict[str, Path]:
     """Render every figure into `folder` as PNG; returns {alt text: path} in reading order."""
     folder = Path(folder)
@@ -256,6 +258,11 @@ def write(
         (CONFUSION, "Test confusion matrices"): confusion_spec(predictions),
         (SEED_SPREAD, "Accuracy across seeds"): seed_spread_spec(seed_scores),
     }
+    if ladder:
+        title = "The ablation ladder: one change a rung, from Before to After"
+        specs[(LADDER, "The ablation ladder: train and val accuracy per rung, one dot per seed")] = seed_spread_spec(
+            ladder, title
+        )
     images = {key: render_png(spec) for key, spec in specs.items()}  # all drawn before any is written
     for (name, _), png in images.items():
         files.write_bytes(folder / name, png)

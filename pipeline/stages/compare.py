@@ -3,8 +3,12 @@
 Every model was trained once per seed of train.seeds; this stage
 - summarises each model across its seeds: mean, standard deviation, min and max of the
   train/val/test accuracy, loss and macro-F1 and of the generalisation gap (train - val accuracy);
-- checks the seed's targets on the BiRNN and on the stacked BiRNN (`compare.targets`), each on
-  the mean and seed by seed, with the size rule (parameters <= max_parameter_ratio x baseline);
+- walks the ablation ladder (pipeline.core.layout.LADDER): each rung's change of settings, read
+  from params.yaml, and its change in accuracy against the rung before, with a paired t-test
+  across seeds; the same for the After's counterfactuals against the After;
+- checks the starter experiment's targets (`compare.targets`) on the window model, the BiRNN and
+  the stacked BiRNN, each on the mean and seed by seed, with the size rule (parameters <=
+  max_parameter_ratio x baseline);
 - tests BiRNN against baseline and stacked against BiRNN with a paired t-test across seeds
   (run s of one model against run s of the other), and BiRNN against baseline with McNemar's
   exact test on the test predictions of the served seed;
@@ -20,13 +24,15 @@ stage (pipeline.core.stamps).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import statistics
 from typing import Any
 
 from pipeline.core import files, layout, stamps
 from pipeline.core.errors import UserError
-from pipeline.core.params import MODELS, Params, Targets
+from pipeline.core.params import COUNTERFACTUALS, LADDER, MODELS, Params, Targets
 from pipeline.report import figures
 
 SCORES_DIR = layout.METRICS / "scores"
@@ -34,16 +40,35 @@ PREDICTIONS = layout.METRICS / "predictions"
 FIGURES = layout.METRICS / "figures"
 SPLITS = ("train", "val", "test")
 SCORES = ("accuracy", "loss", "macro_f1")
-REFERENCES = ("reference", "reference_tokens")
-CHECKED = ("birnn", "stacked")  # the models the seed's targets apply to
+REFERENCES = ("reference", "reference_tokens", "fasttext")
+CHECKED = ("window", "birnn", "stacked")  # the models the starter experiment's targets apply to
+PLOTTED = ("baseline", "birnn", "stacked", "window")  # learning curves and confusion matrices
+RUNGS = {  # the ladder figure's rows
+    "baseline": "1 Before",
+    "plus_bidirectional": "2 + bidirectional",
+    "plus_dropout": "3 + dropout",
+    "plus_word_dropout": "4 + word dropout",
+    "plus_max_readout": "5 + max readout",
+    "birnn": "6 + early stopping = After",
+    "birnn_unidirectional": "After, one way only",
+    "birnn_final_readout": "After, final readout",
+}
 ALPHA = 0.05
 DIGITS = 6
 NAMES = {
     "baseline": "Before: RNN, unidirectional, no dropout",
+    "plus_bidirectional": "Rung 2: + bidirectional",
+    "plus_dropout": "Rung 3: + dropout",
+    "plus_word_dropout": "Rung 4: + word dropout",
+    "plus_max_readout": "Rung 5: + max readout",
     "birnn": "After: BiRNN with dropout",
+    "birnn_unidirectional": "After, reading one way only",
+    "birnn_final_readout": "After, final-state readout",
     "stacked": "Bonus: stacked BiRNN (2 layers)",
+    "window": "Window: BiRNN under the training ceiling",
     "reference": "Reference: TF-IDF + logistic regression, whole articles",
     "reference_tokens": "Reference: TF-IDF + logistic regression, the RNNs' tokens (same truncation and vocabulary)",
+    "fasttext": "Reference: fastText, word bigrams, whole articles",
 }
 
 
@@ -100,10 +125,45 @@ def read_scores(name: str, seeds: tuple[int, ...], data: Any) -> tuple[dict[str,
     return scores, int(_number(data, ("trainable_parameters",), path))
 
 
-def read_training(name: str, seed: int) -> dict[str, int]:
+def read_training(name: str, seed: int) -> dict[str, Any]:
+    """A run's kept epoch, epochs run, training seconds and selection rule (with what the
+    unconstrained rule would have kept, for a model under a training ceiling)."""
     path = layout.run_summary(name, seed)
     data = files.read_json(path, "training summary")
-    return {k: int(_number(data, (k,), path)) for k in ("best_epoch", "epochs_run")}
+    summary: dict[str, Any] = {k: int(_number(data, (k,), path)) for k in ("best_epoch", "epochs_run")}
+    summary["train_seconds"] = _number(data, ("train_seconds",), path)
+    summary["selection"] = str(data.get("selection", ""))
+    if isinstance(data.get("unconstrained"), dict):
+        summary["unconstrained"] = {
+            k: _number(data, ("unconstrained", k), path) for k in ("epoch", "train_accuracy", "val_accuracy")
+        }
+    return summary
+
+
+def changes(params: Params, before: str, after: str) -> list[str]:
+    """What differs between two model sections, as YAML writes it: `bidirectional: false → true`."""
+    a, b = dataclasses.asdict(params.model(before)), dataclasses.asdict(params.model(after))
+    return [f"{key}: {json.dumps(a[key])} → {json.dumps(b[key])}" for key in a if a[key] != b[key]]
+
+
+def ladder(params: Params, per_seed) -> dict[str, Any]:
+    """Each rung's change of settings and of accuracy against the rung before; each
+    counterfactual's against the After; the whole climb from Before to After."""
+
+    def step(after: str, before: str) -> dict[str, Any]:
+        return {
+            "model": after,
+            "against": before,
+            "change": changes(params, before, after),
+            **{split: paired_t(per_seed(after, split), per_seed(before, split)) for split in SPLITS},
+        }
+
+    after = LADDER[-1]
+    return {
+        "rungs": [step(rung, previous) for previous, rung in zip(LADDER, LADDER[1:], strict=False)],
+        "counterfactuals": [step(name, after) for name in COUNTERFACTUALS],
+        "total": step(after, LADDER[0]),
+    }
 
 
 def read_predictions(name: str) -> list[tuple[str, str]]:
@@ -196,6 +256,12 @@ def build(params: Params) -> tuple[dict, dict]:
     def per_seed(name: str, split: str) -> list[float]:
         return [scores[name][str(s)][split]["accuracy"] for s in seeds]
 
+    reference_seconds = {
+        name: _number(raw[name], ("train_seconds",), SCORES_DIR / f"{name}.json")
+        for name in REFERENCES
+        if "train_seconds" in raw[name]
+    }
+
     b, c = discordant(read_predictions("baseline"), read_predictions("birnn"))
 
     def headline_of(name: str) -> dict:
@@ -229,7 +295,9 @@ def build(params: Params) -> tuple[dict, dict]:
             for after, before in (("birnn", "baseline"), ("stacked", "birnn"))
         },
         "mcnemar_test": {"birnn_vs_baseline": mcnemar_exact(b, c), "seed": seeds[0]},
+        "ladder": ladder(params, per_seed),
         "training": {name: {str(s): read_training(name, s) for s in seeds} for name in MODELS},
+        "reference_train_seconds": reference_seconds,
     }
     return headline, details
 
@@ -243,11 +311,15 @@ def run(params: Params) -> None:
         FIGURES,
         curves={
             m: [files.read_learning_curves(layout.run_curves(m, s), *curves) for s in params.train.seeds]
-            for m in MODELS
+            for m in PLOTTED
         },
-        predictions={m: read_predictions(m) for m in (*MODELS, *REFERENCES)},
+        predictions={m: read_predictions(m) for m in (*PLOTTED, *REFERENCES)},
         seed_scores={
             m: [{s: run[s]["accuracy"] for s in SPLITS} for run in details["per_seed"][m].values()] for m in MODELS
+        },
+        ladder={
+            RUNGS[m]: [{s: run[s]["accuracy"] for s in ("train", "val")} for run in details["per_seed"][m].values()]
+            for m in (*LADDER, *COUNTERFACTUALS)
         },
     )
     embedded = [f"![{alt}]({path.relative_to(layout.METRICS).as_posix()})\n" for alt, path in drawn.items()]
@@ -255,9 +327,10 @@ def run(params: Params) -> None:
     files.write_json(layout.METRICS / "compare.json", headline)
     files.write_json(layout.METRICS / "details.json", details)
     files.write_text(layout.METRICS / "report.md", report)
-    birnn = details["targets"]["birnn"]
-    met = [k for k, t in birnn.items() if t["met"]]
+    window = details["targets"]["window"]
+    met = [k for k, t in window.items() if t["met"]]
     print(
-        f"compare: BiRNN meets {len(met)} of {len(birnn)} targets on the mean of {len(params.train.seeds)} seeds; "
+        f"compare: the window model meets {len(met)} of {len(window)} targets on the mean of "
+        f"{len(params.train.seeds)} seeds; "
         f"McNemar p = {details['mcnemar_test']['birnn_vs_baseline']['p_value']:.4g} ({layout.METRICS}/report.md)"
     )

@@ -1,18 +1,22 @@
 """evaluate stage: every run in models/<model>/seed<S>.pt + data/prepared/ -> metrics/scores/.
 
-Scores each model's run for every seed of train.seeds, and two TF-IDF + logistic-regression
-references, on the train, val and test splits with scikit-learn: accuracy, loss (log loss,
-the mean cross-entropy), macro-F1, per-class precision/recall/F1 and the confusion matrix.
-The references are fitted on the training split:
-- `reference`: whole articles (data/prepared/train.jsonl) through the pipeline's tokenizer;
-- `reference_tokens`: exactly what the RNNs read, the truncated ids of the .npz files
-  mapped back to their vocabulary words (`<unk>` included): like for like.
+Scores each model's run for every seed of train.seeds, and three references, on the train,
+val and test splits with scikit-learn: accuracy, loss (log loss, the mean cross-entropy),
+macro-F1, per-class precision/recall/F1 and the confusion matrix. The references are fitted on
+the training split:
+- `reference`: TF-IDF + logistic regression on whole articles (data/prepared/train.jsonl)
+  through the pipeline's tokenizer;
+- `reference_tokens`: the same on exactly what the RNNs read, the truncated ids of the .npz
+  files mapped back to their vocabulary words (`<unk>` included): like for like;
+- `fasttext`: supervised fastText (evaluate.fasttext, word n-grams) on the same whole articles,
+  tokenised the same way and joined by spaces.
 
 Writes, only after everything was computed, each folder as one generation (files.publish_dir):
 - metrics/scores/<name>.json: {"seeds": {"<S>": {"train": {...}, "val": {...}, "test": {...}}},
   "trainable_parameters": n, "served_seed": S, "checkpoint_sha256": {"<S>": sha256},
   "evaluation": stamp} (a reference has the one "seed" 0), floats rounded to 6 digits so the
-  same inputs give the same bytes;
+  same inputs give the same bytes; fasttext.json adds "train_seconds", the wall time of its
+  training: the one field that differs between runs, and left out of the stamp;
 - metrics/predictions/<name>.json: [{"actual", "predicted"}, ...] on the test split in data
   order for the served seed, read by `dvc plots` (confusion matrices) and by compare (McNemar),
   and stamp.json: {"evaluation": stamp} (pipeline.core.stamps).
@@ -20,8 +24,11 @@ Writes, only after everything was computed, each folder as one generation (files
 
 from __future__ import annotations
 
+import tempfile
+import time
 from pathlib import Path
 
+import fasttext
 import numpy as np
 import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
@@ -37,7 +44,7 @@ from threadpoolctl import threadpool_limits
 
 from pipeline.core import files, layout, stamps
 from pipeline.core.errors import UserError
-from pipeline.core.params import MODELS, Params, ReferenceParams
+from pipeline.core.params import MODELS, FastTextParams, Params, ReferenceParams
 from pipeline.data.splits import Split, load_split, split_logits
 from pipeline.data.text import Vocab, tokenise
 from pipeline.model import checkpoints
@@ -49,6 +56,8 @@ PREDICTIONS = layout.METRICS / "predictions"
 SPLITS = ("train", "val", "test")
 DIGITS = 6
 RETRAIN = "retrain with `dvc repro`"
+# fastText's label prefix. A token never holds "_" (pipeline.data.text), so none can pose as a label.
+LABEL = "__label__"
 
 
 def _round(x: float) -> float:
@@ -145,6 +154,16 @@ def _predictions(y_true: np.ndarray, proba: np.ndarray, labels: list[str]) -> li
     ]
 
 
+def _scored(
+    name: str, proba: dict[str, np.ndarray], truth: dict[str, np.ndarray], labels: list[str], n_weights: int
+) -> tuple[dict, list]:
+    """A reference's scores file (its one "seed" 0) and its test predictions."""
+    scores = {s: split_metrics(truth[s], proba[s], labels) for s in SPLITS}
+    print(f"{name}: " + ", ".join(f"{s} acc {scores[s]['accuracy']:.4f}" for s in SPLITS))
+    result = {"seeds": {"0": scores}, "trainable_parameters": int(n_weights), "served_seed": 0}
+    return result, _predictions(truth["test"], proba["test"], labels)
+
+
 def _reference(
     name: str,
     inputs: dict[str, list],
@@ -157,17 +176,66 @@ def _reference(
     with threadpool_limits(limits=1):
         vectorizer, classifier = fit_reference(inputs["train"], truth["train"], p, pretokenised)
         probabilities = {s: classifier.predict_proba(vectorizer.transform(inputs[s])) for s in SPLITS}
-    scores = {}
+    proba = {}
     for s in SPLITS:
         # Columns of predict_proba follow classifier.classes_; place them by label id.
-        proba = np.zeros((len(inputs[s]), len(labels)))
-        proba[:, classifier.classes_] = probabilities[s]
-        scores[s] = split_metrics(truth[s], proba, labels)
-        if s == "test":
-            predictions = _predictions(truth[s], proba, labels)
+        proba[s] = np.zeros((len(inputs[s]), len(labels)))
+        proba[s][:, classifier.classes_] = probabilities[s]
     n_weights = classifier.coef_.size + classifier.intercept_.size
-    print(f"{name}: " + ", ".join(f"{s} acc {scores[s]['accuracy']:.4f}" for s in SPLITS))
-    return {"seeds": {"0": scores}, "trainable_parameters": int(n_weights), "served_seed": 0}, predictions
+    return _scored(name, proba, truth, labels, n_weights)
+
+
+def fit_fasttext(lines: list[str], y: np.ndarray, p: FastTextParams) -> tuple[fasttext.FastText._FastText, float]:
+    """Supervised fastText on space-joined tokens and label ids; returns the model and its training seconds."""
+    # fastText reads its file in order and the prepared split comes grouped by label: shuffle it
+    # (seeded). One thread runs the updates in one order, so the same params give the same model.
+    order = np.random.default_rng(p.seed).permutation(len(lines))
+    with tempfile.TemporaryDirectory(prefix="fasttext-") as tmp:
+        path = Path(tmp) / "train.txt"
+        path.write_text("".join(f"{LABEL}{y[i]} {lines[i]}\n" for i in order), encoding="utf-8")
+        start = time.perf_counter()
+        try:
+            model = fasttext.train_supervised(
+                str(path),
+                dim=p.dim,
+                epoch=p.epoch,
+                lr=p.lr,
+                wordNgrams=p.word_ngrams,
+                minCount=p.min_count,
+                bucket=p.bucket,
+                seed=p.seed,
+                loss="softmax",
+                thread=1,
+                verbose=0,  # no progress lines on stderr
+            )
+        except RuntimeError as exc:  # "Encountered NaN.": the updates diverged
+            raise UserError(f"evaluate.fasttext: training failed ({str(exc).strip()}); lower its lr") from None
+        seconds = time.perf_counter() - start
+    return model, seconds
+
+
+def fasttext_proba(model: fasttext.FastText._FastText, lines: list[str], n_labels: int) -> np.ndarray:
+    """Class probabilities (N, C), columns by label id."""
+    names, probs = model.predict(lines, k=-1)  # every label, most probable first
+    proba = np.zeros((len(lines), n_labels))
+    for row, (row_names, row_probs) in enumerate(zip(names, probs, strict=True)):
+        proba[row, [int(name.removeprefix(LABEL)) for name in row_names]] = row_probs
+    # fastText reports exp(log(p + 1e-5)) in float32: rescale each row to sum to one.
+    return proba / proba.sum(axis=1, keepdims=True)
+
+
+def _fasttext(
+    texts: dict[str, list[str]], truth: dict[str, np.ndarray], labels: list[str], p: FastTextParams
+) -> tuple[dict, list, float]:
+    lines = {s: [" ".join(tokenise(text)) for text in texts[s]] for s in SPLITS}
+    model, seconds = fit_fasttext(lines["train"], truth["train"], p)
+    proba = {s: fasttext_proba(model, lines[s], len(labels)) for s in SPLITS}
+    # Every weight training can change: the input matrix, one row of `dim` per kept word and per
+    # hashed n-gram bucket (a bucket no n-gram hashes to is counted too: it is in the model), and
+    # the output matrix, one row per label; fastText has no biases.
+    n_weights = model.get_input_matrix().size + model.get_output_matrix().size
+    result, predictions = _scored("fasttext", proba, truth, labels, n_weights)
+    return result, predictions, seconds
 
 
 def run(params: Params) -> None:
@@ -215,12 +283,15 @@ def run(params: Params) -> None:
     results["reference_tokens"], predictions["reference_tokens"] = _reference(
         "reference_tokens", seen, truth, labels, p.reference, pretokenised=True
     )
+    results["fasttext"], predictions["fasttext"], seconds = _fasttext(texts, truth, labels, p.fasttext)
+    # Timing is written beside the results but not stamped: the same inputs keep the same stamp.
+    timing = {"fasttext": {"train_seconds": round(seconds, 3)}}
 
     # Each folder is swapped in whole: never one model's new scores beside another's old ones;
     # and both carry the run's stamp, so compare refuses new scores beside old predictions.
     stamp = stamps.evaluation_stamp(results)
     with files.publish_dir(SCORES) as scores_dir, files.publish_dir(PREDICTIONS) as predicted:
         for name, result in results.items():
-            files.write_json(scores_dir / f"{name}.json", {**result, stamps.EVALUATION: stamp})
+            files.write_json(scores_dir / f"{name}.json", {**result, **timing.get(name, {}), stamps.EVALUATION: stamp})
             files.write_json(predicted / f"{name}.json", predictions[name])
         files.write_json(predicted / stamps.PREDICTIONS_FILE, {stamps.EVALUATION: stamp})

@@ -1,34 +1,42 @@
-"""export: a checkpoint -> a TorchScript model and a JSON sidecar that serve without this package.
+"""export: a checkpoint -> an ONNX model and a JSON sidecar that serve without this package or torch.
 
 Not a DVC stage. Reads models/<model>.pt or any checkpoint path and writes two files:
 
-- <out>.pt: TorchScript, loaded with `torch.jit.load` alone. `forward(ids, lengths)` takes
-  ids (B, T) int64 right-padded with 0 and lengths (B,) int64 of real tokens (1..T), and
-  returns logits (B, C) float32; softmax gives the probabilities of the labels in order.
-  The file also carries the sidecar as the extra file `classifier.json`.
+- <out>.onnx: an ONNX model for any ONNX runtime (onnxruntime, for one). Its inputs are `ids`
+  (batch, steps) int64, right-padded with 0, and `lengths` (batch,) int64, the real tokens of
+  each text (1..steps); its output `logits` (batch, classes) float32, whose softmax gives the
+  probabilities of the labels in order. Batch and steps are free. A row whose length or ids
+  break these rules gets NaN logits, since a graph cannot raise. The model's metadata holds
+  the sidecar too, under `classifier.json`.
 - <out>.json: the sidecar: labels, vocabulary (a token's id is its position), encoding
   (max_len, keep, pad and unk ids) and the tokenizer, step by step, plus the sha256 of
-  <out>.pt, so a reader can tell that the pair belongs together. The model file is written
+  <out>.onnx, so a reader can tell that the pair belongs together. The model file is written
   first: a reader who checks the hash never pairs a new model with an old sidecar.
 
-The network is written again with standard ops only (`ScriptedClassifier`): the training path
-runs the tanh recurrence through a custom autograd Function and a C++ extension, which
-TorchScript cannot save. It reads padded batches the way the training path does: the
-backward direction reads each text reversed in place, so in both directions the real steps
-come first and no real state depends on padding. Its logits match the checkpoint's model to
-float32 rounding for every cell, readout, direction and depth (tests/test_export.py). One
-checkpoint exports to the same bytes every time (from one checkout: TorchScript's debug
-information names the source file's path).
+The graph holds the checkpoint's own weights in torch's own modules, no equations written
+here: the embedding and the head, and for every layer and direction the cell module of that
+direction's weights in the nn.RNN/GRU/LSTM (nn.RNNCell, GRUCell, LSTMCell), stepped over the
+text by torch's `scan`. Not the whole nn.RNN: torch.export unrolls the tanh RNN over the
+example's steps, and (pytorch/pytorch#191855) gives nn.GRU/nn.LSTM outputs the example's
+length too, so the graph would only read texts of that length; `scan` becomes an ONNX Scan
+over any number of steps. The backward direction reads each text reversed in place, so in
+both directions the real steps come first and no real state depends on padding. Its logits
+match the checkpoint's model to float32 rounding for every cell, readout, direction and depth
+(tests/test_export.py, in onnxruntime). One checkpoint exports to the same bytes in any process
+and from any checkout: the nodes' records of the trace are left out.
 """
 
 from __future__ import annotations
 
-import io as stdio
 import json
+import logging
+import warnings
 from pathlib import Path
 
+import onnx
 import torch
 from torch import nn
+from torch._higher_order_ops.scan import scan
 
 from pipeline.core import files
 from pipeline.core.errors import UserError
@@ -37,125 +45,137 @@ from pipeline.model.network import RNNClassifier
 from pipeline.model.served import Classifier, checkpoint_path, load_classifier
 
 EXPORTS = Path("exported")
-SIDECAR = "classifier.json"  # the sidecar's name inside the TorchScript file
-FORMAT = "pipeline-rnn-classifier/1"
-GATES = {"rnn": 1, "gru": 3, "lstm": 4}  # weight rows per hidden unit, in torch's gate order
+SIDECAR = "classifier.json"  # the sidecar's key in the ONNX model's metadata
+FORMAT = "pipeline-rnn-classifier/2"
+CELLS = {"rnn": nn.RNNCell, "gru": nn.GRUCell, "lstm": nn.LSTMCell}
 
 
-class Recurrence(nn.Module):
-    """One layer of every direction of a tanh RNN, GRU or LSTM, over a padded time-major batch.
-
-    The weights of the D directions are stacked, so each time step is one batched matrix
-    product for all of them, with torch's gate order and equations (nn.RNN, nn.GRU, nn.LSTM).
-    """
-
-    def __init__(self, rnn: nn.RNNBase, layer: int, cell: str):
-        super().__init__()
-        suffixes = [f"_l{layer}", f"_l{layer}_reverse"][: 2 if rnn.bidirectional else 1]
-
-        def stacked(name: str) -> nn.Parameter:
-            return _frozen(torch.stack([getattr(rnn, name + s) for s in suffixes]))
-
-        self.cell = cell
-        self.w_ih = stacked("weight_ih")  # (D, G * H, in)
-        self.w_hh = stacked("weight_hh")  # (D, G * H, H)
-        self.b_ih = stacked("bias_ih")  # (D, G * H)
-        self.b_hh = stacked("bias_hh")  # (D, G * H)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (D, T, B, in), each direction's own reading order -> states (D, T, B, H)."""
-        directions, steps, batch, features = x.shape
-        flat = x.reshape(directions, steps * batch, features)
-        pre = torch.baddbmm(self.b_ih.unsqueeze(1), flat, self.w_ih.transpose(1, 2))  # (D, T * B, G * H)
-        pre = pre.view(directions, steps, batch, self.w_ih.size(1))
-        w_hh_t = self.w_hh.transpose(1, 2)
-        hidden = self.w_hh.size(2)
-        h = x.new_zeros(directions, batch, hidden)
-        c = x.new_zeros(directions, batch, hidden)
-        states: list[torch.Tensor] = []
-        for t in range(steps):
-            recurrent = torch.baddbmm(self.b_hh.unsqueeze(1), h, w_hh_t)  # (D, B, G * H)
-            if self.cell == "rnn":
-                h = torch.tanh(pre[:, t] + recurrent)
-            elif self.cell == "gru":
-                x_r, x_z, x_n = pre[:, t].chunk(3, dim=-1)
-                h_r, h_z, h_n = recurrent.chunk(3, dim=-1)
-                r = torch.sigmoid(x_r + h_r)
-                z = torch.sigmoid(x_z + h_z)
-                n = torch.tanh(x_n + r * h_n)
-                h = (1 - z) * n + z * h
-            else:
-                i, f, g, o = (pre[:, t] + recurrent).chunk(4, dim=-1)
-                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-                h = torch.sigmoid(o) * torch.tanh(c)
-            states.append(h)
-        return torch.stack(states, dim=1)
+def _cell(rnn: nn.RNNBase, cell: str, layer: int, suffix: str) -> nn.RNNCellBase:
+    """The cell module of one layer and direction of `rnn`, holding that direction's weights."""
+    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    weights = {name: getattr(rnn, f"{name}_l{layer}{suffix}").detach() for name in names}
+    with torch.device("meta"):  # no initialisation to throw away, and torch's random state stays as it was
+        module = CELLS[cell](weights["weight_ih"].size(1), rnn.hidden_size)
+    module.load_state_dict(weights, assign=True)
+    return module
 
 
-class ScriptedClassifier(nn.Module):
-    """RNNClassifier's eval-mode forward in standard ops, for torch.jit.script."""
+def _states(cell: nn.Module, x: torch.Tensor, hidden: int) -> torch.Tensor:
+    """The cell's hidden state after every step of x (B, T, F) -> (B, T, H), from zero."""
+    h = x.new_zeros(x.size(0), hidden)
+    carry = (h, torch.zeros_like(h)) if isinstance(cell, nn.LSTMCell) else h  # an LSTM carries (h, c)
+
+    def step(carry, x_t):
+        carry = cell(x_t, carry)
+        h = carry[0] if isinstance(carry, tuple) else carry
+        return carry, h.clone()  # scan's outputs must not alias its carry
+
+    return scan(step, carry, x, dim=1)[1]
+
+
+def _reverse(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Reverse each text of x (B, T, F) in place of its real steps; index (B, T) from ServedClassifier."""
+    return x.gather(1, index.unsqueeze(-1).expand_as(x))
+
+
+class ServedClassifier(nn.Module):
+    """RNNClassifier's eval-mode forward, built from its modules, for torch.onnx.export."""
 
     def __init__(self, model: RNNClassifier):
         super().__init__()
         cfg = model.cfg
         self.readout = cfg.readout
-        self.directions = model.num_directions
-        # Plain tensors rather than nn.Embedding and nn.Linear: TorchScript writes those modules'
-        # constants in Python's set order, which differs from run to run, and so would the file.
-        self.embedding = _frozen(model.embedding.weight)  # (V, E)
-        self.layers = nn.ModuleList([Recurrence(model.rnn, layer, cfg.cell) for layer in range(cfg.num_layers)])
-        self.head_weight = _frozen(model.head.weight)  # (C, D * H)
-        self.head_bias = _frozen(model.head.bias)  # (C,)
-        self.eval()
+        self.hidden_dim = cfg.hidden_dim
+        self.embedding = model.embedding
+        layers = range(cfg.num_layers)
+        self.forward_cells = nn.ModuleList(_cell(model.rnn, cfg.cell, layer, "") for layer in layers)
+        backward = (_cell(model.rnn, cfg.cell, layer, "_reverse") for layer in layers)
+        self.backward_cells = nn.ModuleList(backward if cfg.bidirectional else [])
+        self.head = model.head
+        self.eval().requires_grad_(False)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """ids (B, T) int64 right-padded, lengths (B,) int64 with 1 <= length <= T -> logits (B, C)."""
-        if ids.dim() != 2 or lengths.dim() != 1 or lengths.size(0) != ids.size(0):
-            raise ValueError("expected ids of shape (batch, steps) and lengths of shape (batch,)")
-        lengths = lengths.to(ids.device)
-        steps = ids.size(1)
-        if bool((lengths < 1).any()) or bool((lengths > steps).any()):
-            raise ValueError("every length must lie between 1 and the number of steps")
-        if bool((ids < 0).any()) or bool((ids >= self.embedding.size(0)).any()):
-            raise ValueError("ids must lie between 0 and the vocabulary size - 1")
-        # (T, B): step t of a text read backwards is its token length - 1 - t; padding stays put.
-        t = torch.arange(steps, device=ids.device).unsqueeze(1)
-        n = lengths.unsqueeze(0)
-        reverse = torch.where(t < n, n - 1 - t, t)
-        x = self.embedding[ids.t()]  # (T, B, E)
-        out = x.unsqueeze(0)
-        for index, layer in enumerate(self.layers):
-            if index > 0:
-                # The next layer reads both directions in text order: (T, B, D * H).
-                halves = [out[0]] if self.directions == 1 else [out[0], _reverse(out[1], reverse)]
-                x = torch.cat(halves, dim=-1)
-            inputs = [x] if self.directions == 1 else [x, _reverse(x, reverse)]
-            out = layer(torch.stack(inputs))  # (D, T, B, H)
-        # Both directions hold a text's final state at step length - 1.
-        real = (t < n).unsqueeze(0).unsqueeze(-1)  # (1, T, B, 1)
+        # A graph cannot raise: a row with a length outside 1..T or an id outside the vocabulary
+        # gets NaN logits instead, and the other rows of its batch are read as usual.
+        vocab = self.embedding.num_embeddings
+        valid = (lengths >= 1) & (lengths <= ids.size(1)) & ((ids >= 0) & (ids < vocab)).all(1)
+        ids, lengths = ids.clamp(0, vocab - 1), lengths.clamp(1, ids.size(1))
+        steps = torch.arange(ids.size(1), device=ids.device)
+        n = lengths.unsqueeze(1)
+        real = steps < n  # (B, T)
+        # Step t of a text read backwards is its token n - 1 - t; padding stays put.
+        backwards = torch.where(real, n - 1 - steps, steps)
+        x = self.embedding(ids)  # (B, T, E)
+        for layer, cell in enumerate(self.forward_cells):
+            states = [_states(cell, x, self.hidden_dim)]  # each direction in its own reading order: (B, T, H)
+            if self.backward_cells:
+                states.append(_states(self.backward_cells[layer], _reverse(x, backwards), self.hidden_dim))
+                # The next layer reads both directions in text order: (B, T, 2 * H).
+                x = torch.cat([states[0], _reverse(states[1], backwards)], dim=-1)
+            else:
+                x = states[0]
+        out = torch.stack(states)  # (D, B, T, H)
         if self.readout == "final":
-            last = (lengths - 1).view(1, 1, lengths.size(0), 1).expand(out.size(0), 1, out.size(2), out.size(3))
-            pooled = out.gather(1, last).squeeze(1)  # (D, B, H)
+            # Both directions hold a text's final state at step length - 1.
+            last = (lengths - 1).view(1, -1, 1, 1).expand(out.size(0), -1, 1, out.size(3))
+            pooled = out.gather(2, last).squeeze(2)  # (D, B, H)
         elif self.readout == "mean":
-            pooled = out.masked_fill(~real, 0.0).sum(1) / lengths.view(1, -1, 1).to(out.dtype)
+            pooled = out.masked_fill(~real[None, :, :, None], 0.0).sum(2) / lengths.view(1, -1, 1).to(out.dtype)
         else:
-            pooled = out.masked_fill(~real, float("-inf")).amax(1)
-        features = pooled.transpose(0, 1).reshape(ids.size(0), self.head_weight.size(1))  # (B, D * H)
-        return torch.nn.functional.linear(features, self.head_weight, self.head_bias)
+            pooled = out.masked_fill(~real[None, :, :, None], float("-inf")).amax(2)
+        logits = self.head(pooled.transpose(0, 1).flatten(1))  # (B, D * H) -> (B, C)
+        return logits.masked_fill(~valid.unsqueeze(1), float("nan"))
 
 
-def _frozen(tensor: torch.Tensor) -> nn.Parameter:
-    return nn.Parameter(tensor.detach().clone(), requires_grad=False)
+def to_onnx(model: RNNClassifier, metadata: dict[str, str]) -> bytes:
+    """The checkpoint's model as one ONNX file that reads batches of any size and length."""
+    served = ServedClassifier(model.cpu().eval())
+    # Example inputs of distinct sizes, none 0 or 1, which torch.export would fix as constants.
+    example = (torch.tensor([[2, 3, 0], [2, 3, 4]]), torch.tensor([2, 3]))
+    batch = torch.export.Dim("batch")
+    dynamic = {"ids": {0: batch, 1: torch.export.Dim("steps")}, "lengths": {0: batch}}
+    # The exporter's notes (a missing torchvision, deprecations inside torch) are not the user's to act on.
+    registry = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry.level
+    registry.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                served,
+                example,
+                dynamo=True,
+                input_names=["ids", "lengths"],
+                output_names=["logits"],
+                dynamic_shapes=dynamic,
+                verbose=False,
+            )
+    finally:
+        registry.setLevel(level)
+    assert program is not None
+    proto = program.model_proto
+    # torch.export falls back to the example's sizes where it cannot keep a size free: refuse that model.
+    free = [[d.dim_param for d in i.type.tensor_type.shape.dim] for i in proto.graph.input]
+    if not all(all(free_dims) for free_dims in free):
+        raise RuntimeError(f"the ONNX graph fixed a size of its inputs: {free}")
+    _drop_debug_info(proto.graph)
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    return proto.SerializeToString()
 
 
-def _reverse(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Reverse each text of time-major x (T, B, F) in place of its real steps."""
-    return x.gather(0, index.unsqueeze(-1).expand_as(x))
+def _drop_debug_info(graph: onnx.GraphProto) -> None:
+    """Remove what each node records of its tracing (stack traces, FX names).
 
-
-def script(model: RNNClassifier) -> torch.jit.ScriptModule:
-    """The checkpoint's model as a TorchScript module on the CPU."""
-    return torch.jit.script(ScriptedClassifier(model.cpu().eval()))
+    Serving needs none of it, and it names this checkout's paths and a counter of the
+    functions traced so far, so one checkpoint would export to different bytes.
+    """
+    for node in graph.node:
+        del node.metadata_props[:]
+        for attribute in node.attribute:
+            for subgraph in [attribute.g, *attribute.graphs]:
+                _drop_debug_info(subgraph)
 
 
 def tokenizer() -> dict[str, object]:
@@ -181,10 +201,13 @@ def sidecar(clf: Classifier, source: Path) -> dict[str, object]:
         "format": FORMAT,
         "checkpoint": {"path": str(source), "sha256": files.sha256_file(source)},
         "inputs": {
-            "ids": "int64 (batch, steps): token ids, each text right-padded with pad_id",
+            "ids": "int64 (batch, steps): token ids (0 <= id < len(vocab)), each text right-padded with pad_id",
             "lengths": "int64 (batch,): real tokens per text, 1 <= length <= steps",
         },
-        "output": "float32 logits (batch, len(labels)); softmax over the last axis gives probabilities",
+        "outputs": {
+            "logits": "float32 (batch, len(labels)); softmax over the last axis gives probabilities; "
+            "NaN in a row whose length or ids break the rules above",
+        },
         "labels": list(clf.labels),
         "encoding": {
             "max_len": clf.max_len,
@@ -201,28 +224,25 @@ def sidecar(clf: Classifier, source: Path) -> dict[str, object]:
 
 
 def output_paths(model: str, out: Path | None) -> tuple[Path, Path]:
-    """(<out>.pt, <out>.json); by default exported/<model name or checkpoint stem>.pt."""
-    target = out if out is not None else EXPORTS / f"{checkpoint_path(model).stem}.pt"
-    if target.suffix != ".pt":
-        raise UserError(f"--out {target}: name the TorchScript file with a .pt suffix")
+    """(<out>.onnx, <out>.json); by default exported/<model name or checkpoint stem>.onnx."""
+    target = out if out is not None else EXPORTS / f"{checkpoint_path(model).stem}.onnx"
+    if target.suffix != ".onnx":
+        raise UserError(f"--out {target}: name the ONNX file with a .onnx suffix")
     if target.is_dir():
-        raise UserError(f"--out {target}: is a folder; name the .pt file to write")
+        raise UserError(f"--out {target}: is a folder; name the .onnx file to write")
     return target, target.with_suffix(".json")
 
 
 def run(model: str = "birnn", out: Path | None = None) -> None:
-    """Export `model` (a name or a checkpoint path) to TorchScript + JSON sidecar."""
+    """Export `model` (a name or a checkpoint path) to ONNX + JSON sidecar."""
     source = checkpoint_path(model)
     target, side = output_paths(model, out)
     if source.resolve() == target.resolve():
         raise UserError(f"--out {target}: would overwrite the checkpoint it exports; choose another path")
     clf = load_classifier(source)
-    scripted = script(clf.model)
     info = sidecar(clf, source)
-    buffer = stdio.BytesIO()
-    torch.jit.save(scripted, buffer, _extra_files={SIDECAR: json.dumps(info, ensure_ascii=False)})
-    data = buffer.getvalue()
+    data = to_onnx(clf.model, {SIDECAR: json.dumps(info, ensure_ascii=False)})
     files.write_bytes(target, data)
     # The file beside it also names the model file's hash, which the model file cannot hold.
     files.write_json(side, {"model_sha256": files.sha256_bytes(data), **info})
-    print(f"{target}: TorchScript, {len(data):,} bytes; {side}: {len(clf.vocab):,} tokens, {len(clf.labels)} labels")
+    print(f"{target}: ONNX, {len(data):,} bytes; {side}: {len(clf.vocab):,} tokens, {len(clf.labels)} labels")

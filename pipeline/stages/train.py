@@ -1,44 +1,58 @@
-"""train stage: data/prepared/ -> one run of a model for one seed of train.seeds.
+"""train stage: data/prepared/ -> every seed of train.seeds of one model (or one seed, --seed).
 
-Writes models/<model>/seed<S>.pt, metrics/train/<model>/seed<S>.json and the learning
-curves in dvclive/<model>/seed<S>/ (pipeline.core.layout), all at the end: a run that fails or
+Writes, per seed S, models/<model>/seedS.pt, metrics/train/<model>/seedS.json and the learning
+curves in dvclive/<model>/seedS/ (pipeline.core.layout), all at the end: a stage that fails or
 is stopped leaves the previous outputs as they were, or, stopped between two of them, a set
 whose stamps disagree (pipeline.core.stamps), which compare refuses.
 
-Mini-batch training (or full-batch when train.batch_size is null, like the seed's loop)
-with Adam/AdamW and gradient clipping, on length-bucketed batches. After every epoch the
+Runs side by side: on a CPU each run computes on one thread, and up to train.threads runs
+train at once, each in a worker process forked from the stage's. A run draws from generators
+of its own (the model's initial weights, its batch order, its dropout masks), so its numbers do
+not depend on what trains beside it: `pipeline train birnn --seed 43` alone writes the same
+bytes as seed 43 of `pipeline train birnn`. On CUDA the runs train one after another.
+
+Mini-batch training (or full-batch when train.batch_size is null, like the starter experiment's
+loop) with Adam/AdamW and gradient clipping, on length-bucketed batches. After every epoch the
 model is scored in eval mode on the whole training and validation splits. With the model's
 `early_stopping`, training stops once the validation loss has not improved for
-train.patience epochs and the best epoch's weights are the ones saved; without it every
-epoch runs and the last is kept. A loss that is not finite stops the run with one line.
+train.patience epochs and the best epoch's weights are the ones saved; with its
+`max_train_accuracy` as well, only epochs whose training accuracy is below that ceiling count;
+without early stopping every epoch runs and the last is kept. A loss that is not finite stops
+the run with one line.
 
-With train.processes = N > 1 the run is data-parallel: N workers under torchrun
-(pipeline.core.distributed), each training on its shard of every epoch with a batch of
+With train.processes = N > 1 the runs are data-parallel, one after another: N workers under
+torchrun (pipeline.core.distributed), each training on its shard of every epoch with a batch of
 batch_size / N, gradients averaged by DistributedDataParallel.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
+import dataclasses
+import io
 import math
+import multiprocessing
+import multiprocessing.connection
 import os
 import sys
 import time
+import traceback
+from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from pipeline.core import devices, distributed, files, layout, stamps
+from pipeline.core import devices, distributed, files, layout, process, stamps
 from pipeline.core.distributed import World
 from pipeline.core.errors import UserError
-from pipeline.core.params import Params, TrainParams
+from pipeline.core.params import ModelParams, Params, TrainParams
 from pipeline.data.splits import Split, bucketed_batches, load_split, score_batch_size
 from pipeline.data.text import Vocab
-from pipeline.model import checkpoints
+from pipeline.model import checkpoints, recurrence
 from pipeline.model.network import ModelConfig, RNNClassifier, count_parameters
 from pipeline.model.optimizer import FusedAdam
 
@@ -97,27 +111,55 @@ def score_shard(model: RNNClassifier, split: Split, world: World, device: torch.
 
 
 class _Progress:
-    """A rich progress bar on a terminal; otherwise a plain line per epoch for CI logs."""
+    """A rich progress bar per run on a terminal; otherwise a plain line per epoch for CI logs."""
 
-    def __init__(self, name: str, max_epochs: int, show: bool):
+    def __init__(self, show: bool, bar: bool = True):
         self.bar, self.show = None, show
-        if show and sys.stdout.isatty():
+        self.tasks: dict[str, Any] = {}
+        if show and bar and sys.stdout.isatty():
             from rich.progress import Progress
 
             self.bar = Progress(transient=False)
-            self.task = self.bar.add_task(f"train {name}", total=max_epochs)
             self.bar.start()
 
-    def epoch(self, line: str) -> None:
+    def add(self, name: str, max_epochs: int) -> None:
+        if self.bar is not None:
+            self.tasks[name] = self.bar.add_task(f"train {name}", total=max_epochs)
+
+    def epoch(self, name: str, line: str) -> None:
         if self.bar is not None:
             self.bar.console.print(line, markup=False, highlight=False, soft_wrap=True)
-            self.bar.advance(self.task)
+            self.bar.advance(self.tasks[name])
         elif self.show:
             print(line, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+class _Curves:
+    """One run's per-epoch metrics, held until its outputs are written (DVCLive writes them then:
+    runs train in threads, and every Live would otherwise open the repository from its own)."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.rows: list[tuple[int, dict[str, float]]] = []
+        self._row: dict[str, float] = {}
+
+    def log_metric(self, name: str, value: float, plot: bool = True) -> None:
+        self._row[name] = value
+
+    def next_step(self) -> None:
+        self.rows.append((self.step, self._row))
+        self._row = {}
+
+    def replay(self, live) -> None:
+        for step, row in self.rows:
+            live.step = step
+            for name, value in row.items():
+                live.log_metric(name, value, plot=True)
+            live.next_step()
 
 
 def _epoch_batches(train: Split, t: TrainParams, seed: int, epoch: int, world: World) -> list[torch.Tensor]:
@@ -134,6 +176,15 @@ def _epoch_batches(train: Split, t: TrainParams, seed: int, epoch: int, world: W
     return [shard[b] for b in bucketed_batches(train.lengths[shard], per_rank, generator)]
 
 
+def selection(early_stopping: bool, ceiling: float | None) -> str:
+    """How the kept epoch is chosen, in words for the summary and the report."""
+    if not early_stopping:
+        return "last epoch"
+    if ceiling is None:
+        return "lowest val loss"
+    return f"lowest val loss among epochs with train accuracy < {ceiling:g}"
+
+
 def fit(
     model: RNNClassifier,
     train: Split,
@@ -144,22 +195,28 @@ def fit(
     early_stopping: bool = True,
     live=None,
     world: World = World(),
+    progress: _Progress | None = None,
+    ceiling: float | None = None,
 ) -> dict:
     """Train; with early stopping on validation loss, the best epoch's weights are restored.
 
-    Without early stopping all t.max_epochs run and the last epoch is kept. Either way
-    "best_epoch" in the summary is the epoch whose weights the model holds on return.
+    With a `ceiling`, only epochs whose eval-mode training accuracy is below it can be kept,
+    and patience counts epochs without a better one of those. Without early stopping all
+    t.max_epochs run and the last epoch is kept. Either way "best_epoch" in the summary is the
+    epoch whose weights the model holds on return.
     """
     device = next(model.parameters()).device
+    # The run's dropout and word-dropout masks; each rank its own.
+    model.generator = torch.Generator(device=device).manual_seed(seed + 7919 * world.rank)
     net: nn.Module = model
     if world.size > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-        torch.manual_seed(seed + 7919 * world.rank)  # each rank its own dropout masks
     optimizer = FusedAdam.from_params(model.parameters(), t)
     kept: dict = {"epoch": 0, "val_loss": math.inf, "state": None, "scores": {}}
-    lowest_val_loss = math.inf
+    unconstrained: dict = {"epoch": 0, "val_loss": math.inf}
     tokens_total, seconds_total, epochs_run, bad_epochs = 0, 0.0, 0, 0
-    progress = _Progress(name, t.max_epochs, world.main)
+    board = progress or _Progress(world.main)
+    board.add(name, t.max_epochs)
     try:
         for epoch in range(1, t.max_epochs + 1):
             start = time.perf_counter()
@@ -178,108 +235,290 @@ def fit(
                 live.log_metric("train/running_loss", running_loss, plot=True)
                 live.log_metric("seconds_per_epoch", seconds)
                 live.next_step()
-            improved = val_m["loss"] < lowest_val_loss
-            lowest_val_loss = min(lowest_val_loss, val_m["loss"])
+            scores = {"train_accuracy": train_m["accuracy"], "val_accuracy": val_m["accuracy"]}
+            if val_m["loss"] < unconstrained["val_loss"]:
+                unconstrained = {"epoch": epoch, "val_loss": val_m["loss"], **scores}
+            eligible = ceiling is None or train_m["accuracy"] < ceiling
+            improved = eligible and val_m["loss"] < kept["val_loss"]
             bad_epochs = 0 if improved else bad_epochs + 1
             if improved or not early_stopping:
-                kept = {
-                    "epoch": epoch,
-                    "val_loss": val_m["loss"],
-                    "state": copy.deepcopy(model.state_dict()),
-                    "scores": {"train_accuracy": train_m["accuracy"], "val_accuracy": val_m["accuracy"]},
-                }
-            progress.epoch(
+                kept = {"epoch": epoch, "val_loss": val_m["loss"], "state": copy.deepcopy(model.state_dict())}
+                kept["scores"] = scores
+            board.epoch(
+                name,
                 f"{name} epoch {epoch:3d}/{t.max_epochs}  train loss {train_m['loss']:.4f} "
                 f"acc {train_m['accuracy']:.3f} | val loss {val_m['loss']:.4f} "
-                f"acc {val_m['accuracy']:.3f} | {seconds:.1f}s" + (" *" if improved else "")
+                f"acc {val_m['accuracy']:.3f} | {seconds:.1f}s" + (" *" if improved else ""),
             )
             if early_stopping and bad_epochs >= t.patience:
                 break
     finally:
-        progress.close()
+        if progress is None:
+            board.close()
+    if kept["state"] is None:
+        raise UserError(
+            f"{name}: no epoch reached training accuracy below max_train_accuracy = {ceiling:g}; "
+            "raise the ceiling or regularise the model more"
+        )
     model.load_state_dict(kept["state"])
-    return {
+    summary = {
         "best_epoch": kept["epoch"],
         "best_val_loss": kept["val_loss"],
         **kept["scores"],  # eval-mode accuracies of the kept epoch
+        "selection": selection(early_stopping, ceiling),
         "epochs_run": epochs_run,
         "train_seconds": round(seconds_total, 3),
         "tokens_per_second": round(tokens_total / seconds_total, 1) if seconds_total else 0.0,
     }
+    if ceiling is not None:
+        # What plain early stopping would have kept from the same epochs: the ceiling's cost.
+        summary["unconstrained"] = {k: v for k, v in unconstrained.items() if k != "val_loss"}
+    return summary
 
 
-def run(params: Params, name: str, seed: int) -> None:
+def for_model(t: TrainParams, mp: ModelParams) -> TrainParams:
+    """The training settings of one model: train's, with the model's own weight decay if it sets one."""
+    return t if mp.weight_decay is None else dataclasses.replace(t, weight_decay=mp.weight_decay)
+
+
+def run(params: Params, name: str, seed: int | None = None) -> None:
+    """Train every seed of train.seeds, or the one `seed`, of model section `name`."""
     t, mp = params.train, params.model(name)
-    if seed not in t.seeds:
+    if seed is not None and seed not in t.seeds:
         raise UserError(f"--seed {seed}: not in train.seeds ({', '.join(map(str, t.seeds))})")
     if t.batch_size is not None and t.batch_size % t.processes:
         raise UserError(f"train.batch_size: {t.batch_size} does not split evenly over train.processes = {t.processes}")
     if t.processes > 1 and not distributed.under_torchrun():
-        distributed.launch(["train", name, "--seed", str(seed)], t.processes)
+        distributed.launch(["train", name, *([] if seed is None else ["--seed", str(seed)])], t.processes)
         return
-    torch.set_num_threads(thread_count(t))
     device = devices.pick(t.device, "train.device", int(os.environ.get("LOCAL_RANK", "0")))
-    train, val = load_split("train"), load_split("val")
-    labels = files.read_json(layout.PREPARED / "labels.json", "label list")
-    stats = files.read_json(layout.PREPARED / "stats.json", "prepare stats")
-    vocab = Vocab.load(layout.PREPARED / "vocab.json")
-    cfg = ModelConfig.from_params(mp, vocab_size=len(vocab), num_classes=len(labels))
+    # One thread a run on a CPU: a run's sums then never depend on how many run beside it. Set
+    # before any work, so no thread pool exists yet when the workers fork.
+    torch.set_num_threads(1 if device.type == "cpu" else thread_count(t))
+    # Which recurrence runs (compiled or the PyTorch loop), decided once, before any run starts.
+    kernel = recurrence.require_kernel(t.allow_fallback) if device.type == "cpu" else {"recurrence": device.type}
+    inputs = Inputs.load()
+    cfg = ModelConfig.from_params(mp, vocab_size=len(inputs.vocab), num_classes=len(inputs.labels))
+    seeds = t.seeds if seed is None else (seed,)
     world = distributed.join(device.type)
+    side_by_side = min(len(seeds), thread_count(t)) if device.type == "cpu" and world.size == 1 else 1
     try:
-        torch.manual_seed(seed)
-        model = RNNClassifier(cfg).to(device)
-        summary = _train_and_publish(model, cfg, train, val, params, name, seed, world, vocab, labels, stats)
+        runs = train_side_by_side(cfg, inputs, for_model(t, mp), mp, name, seeds, side_by_side, world, device)
     finally:
         distributed.leave(world)
     if world.main:
-        print(
-            f"{layout.run_name(name, seed)}: best epoch {summary['best_epoch']} of {summary['epochs_run']}, "
-            f"{summary['trainable_parameters']:,} parameters, {summary['train_seconds']:.0f}s"
+        summaries = publish_runs(runs, cfg, inputs, name, world, kernel, whole_model=seed is None)
+        for summary in summaries:
+            print(
+                f"{layout.run_name(name, summary['seed'])}: best epoch {summary['best_epoch']} of "
+                f"{summary['epochs_run']}, {summary['trainable_parameters']:,} parameters, "
+                f"{summary['train_seconds']:.0f}s"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """What every run of a model reads: the splits it trains and selects on, and what goes into its checkpoint."""
+
+    train: Split
+    val: Split
+    labels: list[str]
+    stats: dict
+    vocab: Vocab
+
+    @classmethod
+    def load(cls) -> Inputs:
+        return cls(
+            train=load_split("train"),
+            val=load_split("val"),
+            labels=files.read_json(layout.PREPARED / "labels.json", "label list"),
+            stats=files.read_json(layout.PREPARED / "stats.json", "prepare stats"),
+            vocab=Vocab.load(layout.PREPARED / "vocab.json"),
         )
 
 
-def _train_and_publish(model, cfg, train, val, params, name, seed, world, vocab, labels, stats) -> dict:
-    """Fit, then (rank 0) write the checkpoint, the summary and the curves, all at the end.
+@dataclasses.dataclass
+class Run:
+    seed: int
+    model: RNNClassifier
+    summary: dict
+    curves: _Curves
 
-    DVCLive writes the curves into the unpublished folder that files.publish_dir swaps in last,
-    so a stopped run leaves no partial curves beside the previous model.
+
+def train_side_by_side(
+    cfg: ModelConfig,
+    inputs: Inputs,
+    t: TrainParams,
+    mp: ModelParams,
+    name: str,
+    seeds: tuple[int, ...],
+    workers: int,
+    world: World,
+    device: torch.device,
+) -> list[Run]:
+    """Train one run per seed, `workers` of them at a time.
+
+    With more than one worker, each run trains in a process forked from this one, which has
+    loaded the data and the kernel already; its weights, summary and curves come back here.
+    Processes, not threads: a training step is hundreds of small operations, and threads
+    contending for Python's lock ran two runs no faster than one (benchmarks/train_runs.py).
     """
-    t = params.train
-    publish = files.publish_dir(layout.run_curves(name, seed)) if world.main else contextlib.nullcontext()
-    with publish as curves:
-        live = None
-        if world.main:
-            from dvclive import Live
 
-            live = Live(dir=str(curves), save_dvc_exp=False, dvcyaml=None)
+    def one(seed: int, progress: _Progress) -> Run:
+        torch.manual_seed(seed)  # the initial weights
+        model = RNNClassifier(cfg).to(device)
+        curves = _Curves()
+        label = layout.run_name(name, seed)
+        ceiling = mp.max_train_accuracy
+        summary = fit(
+            model, inputs.train, inputs.val, t, seed, label, mp.early_stopping, curves, world, progress, ceiling
+        )
+        return Run(seed, model, summary, curves)
+
+    if workers == 1:
+        board = _Progress(world.main)
         try:
-            early = params.model(name).early_stopping
-            summary = fit(model, train, val, t, seed, layout.run_name(name, seed), early, live, world)
+            return [one(seed, board) for seed in seeds]
         finally:
-            if live is not None:
-                live.end()
-        summary = {
-            "model": name,
-            "seed": seed,
-            "trainable_parameters": count_parameters(model),
-            "processes": world.size,
-            "threads": torch.get_num_threads(),
-            **summary,
-        }
-        if curves is not None:  # rank 0
-            checkpoint = {
-                "model": {k: v.cpu() for k, v in model.state_dict().items()},
-                "config": asdict(cfg),
-                "labels": list(labels),
-                "vocab": list(vocab.tokens),
-                "vocab_sha256": files.sha256_file(layout.PREPARED / "vocab.json"),
-                "encoding": dict(stats["encoding"]),
-                "epoch": summary["best_epoch"],
-                "best_val_loss": summary["best_val_loss"],
-                "seed": seed,
-            }
-            # Three places, so each names the checkpoint (pipeline.core.stamps); the curves go in last.
-            summary[stamps.KEY] = checkpoints.save_checkpoint(layout.run_checkpoint(name, seed), checkpoint)
-            files.write_json(layout.run_summary(name, seed), summary)
-            stamps.write_run(curves, summary[stamps.KEY])
+            board.close()
+
+    def in_worker(seed: int, sender) -> None:
+        process.die_with_parent()
+        try:
+            run = one(seed, _Progress(world.main, bar=False))  # one line per epoch: workers share the terminal
+            # The weights as bytes: a tensor itself would travel as shared memory, which outlives
+            # no worker that has exited.
+            weights = io.BytesIO()
+            torch.save(run.model.state_dict(), weights)
+            sender.send(("run", (seed, weights.getvalue(), run.summary, run.curves.rows)))
+        except UserError as exc:
+            sender.send(("user error", str(exc)))
+        except BaseException:
+            sender.send(("bug", traceback.format_exc()))
+        finally:
+            sender.close()
+            os._exit(0)  # no atexit or finally of the stage's own runs in this copy of it
+
+    done = _in_workers(in_worker, seeds, workers)
+    runs = []
+    for seed in seeds:
+        _, weights, summary, rows = done[seed]
+        model = RNNClassifier(cfg).to(device)
+        model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
+        curves = _Curves()
+        curves.rows = rows
+        runs.append(Run(seed, model, summary, curves))
+    return runs
+
+
+def _in_workers(job: Callable[[int, Any], None], seeds: tuple[int, ...], workers: int) -> dict[int, Any]:
+    """job(seed, sender) in a process forked for each seed, `workers` at a time; {seed: what it sent}.
+
+    A worker that fails sends its error, which is raised here; one that dies without a word
+    (killed, out of memory) stops the stage with one line instead of leaving it waiting. On
+    any error or interrupt the workers still training are stopped before this returns.
+    """
+    fork = multiprocessing.get_context("fork")
+    todo, done = list(seeds), {}
+    running: dict[int, tuple[Any, Any]] = {}
+    try:
+        while todo or running:
+            while todo and len(running) < workers:
+                seed = todo.pop(0)
+                receiver, sender = fork.Pipe(duplex=False)
+                worker = fork.Process(target=job, args=(seed, sender), name=f"run-{seed}", daemon=True)
+                worker.start()
+                sender.close()
+                running[seed] = (worker, receiver)
+            ready = set(multiprocessing.connection.wait([r for _, r in running.values()]))
+            for seed, (worker, receiver) in list(running.items()):
+                if receiver not in ready:
+                    continue
+                try:
+                    kind, value = receiver.recv()
+                except EOFError:  # it ended without sending: killed
+                    worker.join()
+                    raise UserError(
+                        f"the run of seed {seed} ended without a result (exit code {worker.exitcode}); "
+                        "was it killed, e.g. out of memory?"
+                    ) from None
+                worker.join()
+                del running[seed]
+                if kind == "user error":
+                    raise UserError(value)
+                if kind == "bug":
+                    raise RuntimeError(f"the run of seed {seed} failed:\n{value}")
+                done[seed] = value
+    finally:
+        for worker, receiver in running.values():
+            worker.kill()  # a failed run, or an interrupt: the others stop now
+            worker.join()
+            receiver.close()
+    return done
+
+
+def publish_runs(
+    runs: list[Run], cfg: ModelConfig, inputs: Inputs, name: str, world: World, kernel: dict, whole_model: bool
+) -> list[dict]:
+    """Write each run's checkpoint, summary and curves; with `whole_model`, the model's three
+    folders are replaced as a whole, so no run of a seed left out of train.seeds stays behind."""
+    if not whole_model:
+        folders = (layout.MODELS / name, layout.METRICS / "train" / name, layout.CURVES / name)
+        return [_publish_run(run, cfg, inputs, name, world, kernel, *folders) for run in runs]
+    with (
+        files.publish_dir(layout.MODELS / name) as checkpoints_dir,
+        files.publish_dir(layout.METRICS / "train" / name) as summaries_dir,
+        files.publish_dir(layout.CURVES / name) as curves_dir,
+    ):
+        folders = (checkpoints_dir, summaries_dir, curves_dir)
+        return [_publish_run(run, cfg, inputs, name, world, kernel, *folders) for run in runs]
+
+
+def _publish_run(
+    run: Run,
+    cfg: ModelConfig,
+    inputs: Inputs,
+    name: str,
+    world: World,
+    kernel: dict,
+    checkpoints_dir: Path,
+    summaries_dir: Path,
+    curves_dir: Path,
+) -> dict:
+    """One run's checkpoint, summary and curves (DVCLive's files), each named by the checkpoint's
+    sha256 (pipeline.core.stamps); the curves go in last, as one folder."""
+    seed, model = run.seed, run.model
+    summary = {
+        "model": name,
+        "seed": seed,
+        "trainable_parameters": count_parameters(model),
+        "processes": world.size,
+        "threads": torch.get_num_threads(),
+        "kernel": kernel,  # the recurrence that ran (compiled or the PyTorch loop) and its BLAS
+        **run.summary,
+    }
+    checkpoint = {
+        "model": {k: v.cpu() for k, v in model.state_dict().items()},
+        "config": asdict(cfg),
+        "labels": list(inputs.labels),
+        "vocab": list(inputs.vocab.tokens),
+        "vocab_sha256": files.sha256_file(layout.PREPARED / "vocab.json"),
+        "encoding": dict(inputs.stats["encoding"]),
+        "epoch": summary["best_epoch"],
+        "best_val_loss": summary["best_val_loss"],
+        "seed": seed,
+    }
+    summary[stamps.KEY] = checkpoints.save_checkpoint(
+        checkpoints_dir / layout.run_checkpoint(name, seed).name, checkpoint
+    )
+    files.write_json(summaries_dir / layout.run_summary(name, seed).name, summary)
+    with files.publish_dir(curves_dir / layout.run_curves(name, seed).name) as curves:
+        from dvclive import Live
+
+        live = Live(dir=str(curves), save_dvc_exp=False, dvcyaml=None)
+        try:
+            run.curves.replay(live)
+        finally:
+            live.end()
+        stamps.write_run(curves, summary[stamps.KEY])
     return summary

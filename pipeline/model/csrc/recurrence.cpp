@@ -18,28 +18,58 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <string>
 #include <vector>
 
 namespace {
 
-// MKL's per-thread thread count (looked up at run time; absent from other BLAS builds): a unit
-// is already one of the threads, and MKL would otherwise split each tiny product again.
-using SetThreadsLocal = int (*)(int);
-SetThreadsLocal mkl_threads_local() {
-  static const SetThreadsLocal fn = reinterpret_cast<SetThreadsLocal>(dlsym(RTLD_DEFAULT, "MKL_Set_Num_Threads_Local"));
-  return fn;
-}
-
-// C (n x m) += A (n x k) B (k x m), all row-major and contiguous, by the
-// BLAS that torch links (MKL's Fortran sgemm_/dgemm_, looked up at run time), with no ATen op
-// and no tensor per call: at batch 32 the dispatch and the views cost more than the product.
+// C (n x m) += A (n x k) B (k x m), all row-major and contiguous, by the BLAS that torch links
+// (MKL's Fortran sgemm_/dgemm_), with no ATen op and no tensor per call: at batch 32 the
+// dispatch and the views cost more than the product.
 using Gemm = void (*)(const char*, const char*, const int*, const int*, const int*, const void*, const void*,
                       const int*, const void*, const int*, const void*, void*, const int*);
+// MKL's per-thread thread count (absent from other BLAS): a unit is already one of the threads,
+// and MKL would otherwise split each tiny product again.
+using SetThreadsLocal = int (*)(int);
+
+struct Blas {
+  Gemm sgemm = nullptr, dgemm = nullptr;  // null: ATen's addmm_ does the product
+  SetThreadsLocal threads_local = nullptr;
+  std::string library, version;
+};
+
+// Chosen once, from torch's own library (libtorch_cpu) and the libraries it links, never by a
+// process-wide lookup, where whatever came with LD_PRELOAD or RTLD_GLOBAL wins: another BLAS,
+// perhaps one with 64-bit integers, and numbers that depend on what else the process loaded.
+// recurrence.py checks the choice on a 3 x 3 product before it uses the kernel.
+const Blas& blas() {
+  static const Blas chosen = [] {
+    Blas found;
+    Dl_info torch_library;
+    if (dladdr(reinterpret_cast<void*>(&at::get_num_threads), &torch_library) == 0) return found;
+    void* torch = dlopen(torch_library.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
+    if (torch == nullptr) return found;
+    found.sgemm = reinterpret_cast<Gemm>(dlsym(torch, "sgemm_"));
+    found.dgemm = reinterpret_cast<Gemm>(dlsym(torch, "dgemm_"));
+    found.threads_local = reinterpret_cast<SetThreadsLocal>(dlsym(torch, "MKL_Set_Num_Threads_Local"));
+    const Gemm any = found.sgemm != nullptr ? found.sgemm : found.dgemm;
+    Dl_info gemm_library;
+    if (any != nullptr && dladdr(reinterpret_cast<void*>(any), &gemm_library) != 0) found.library = gemm_library.dli_fname;
+    if (auto mkl = reinterpret_cast<void (*)(char*, int)>(dlsym(torch, "MKL_Get_Version_String"))) {
+      char text[256] = {};
+      mkl(text, sizeof text - 1);
+      found.version = text;
+    } else if (auto openblas = reinterpret_cast<const char* (*)()>(dlsym(torch, "openblas_get_config"))) {
+      found.version = std::string("OpenBLAS ") + openblas();
+    }
+    return found;
+  }();
+  return chosen;
+}
 
 template <typename T>
 Gemm blas_gemm() {
-  static const Gemm fn = reinterpret_cast<Gemm>(dlsym(RTLD_DEFAULT, sizeof(T) == 4 ? "sgemm_" : "dgemm_"));
-  return fn;
+  return sizeof(T) == 4 ? blas().sgemm : blas().dgemm;
 }
 
 template <typename T>
@@ -66,7 +96,7 @@ void for_each_unit(const at::Tensor& x, int64_t chunks, const Body& body) {
     // Grad and inference mode are per thread: a worker takes the caller's, or ATen's
     // in-place checks would refuse the step views (or scoring's inference tensors).
     const at::ThreadLocalStateGuard caller_state(state);
-    const SetThreadsLocal local = mkl_threads_local();
+    const SetThreadsLocal local = blas().threads_local;
     const int before = local != nullptr ? local(1) : 0;
     for (int64_t unit = begin; unit < end; ++unit) {
       const int64_t d = unit / chunks, c = unit % chunks;
@@ -205,7 +235,46 @@ at::Tensor max_backward(const at::Tensor& x_, const at::Tensor& top_, const at::
   return result;
 }
 
+// Where the products go: the library, its version, the symbols found, the thread cap.
+py::dict blas_info() {
+  const Blas& chosen = blas();
+  auto text = [](const std::string& s) { return s.empty() ? py::object(py::none()) : py::object(py::str(s)); };
+  py::list symbols;
+  if (chosen.sgemm != nullptr) symbols.append("sgemm_");
+  if (chosen.dgemm != nullptr) symbols.append("dgemm_");
+  py::dict info;
+  info["library"] = text(chosen.library);
+  info["version"] = text(chosen.version);
+  info["symbols"] = symbols;
+  info["thread_cap"] = text(chosen.threads_local != nullptr ? "MKL_Set_Num_Threads_Local" : "");
+  return info;
+}
+
+// c += a b for 3 x 3 row-major matrices, by the product the recurrence uses (or by the gemm at
+// `address`, a test's stand-in). Every integer argument is a 3 followed in memory by `high`:
+// a BLAS that reads 64-bit integers sees 3 where high is 0 and, where high is -1, a negative
+// size, which it rejects without touching c.
+void gemm_probe(at::Tensor& c, const at::Tensor& a, const at::Tensor& b, int64_t high, int64_t address) {
+  for (const at::Tensor& x : {c, a, b}) {
+    TORCH_CHECK(x.is_contiguous() && x.numel() == 9 && x.scalar_type() == c.scalar_type(),
+                "gemm_probe takes three contiguous 3 x 3 matrices of one type");
+  }
+  const int32_t three[2] = {3, static_cast<int32_t>(high)};
+  const int* n = reinterpret_cast<const int*>(three);
+  AT_DISPATCH_FLOATING_TYPES(c.scalar_type(), "gemm_probe", [&] {
+    const Gemm fn = address != 0 ? reinterpret_cast<Gemm>(static_cast<intptr_t>(address)) : blas_gemm<scalar_t>();
+    if (fn == nullptr) {
+      gemm_acc<scalar_t>(3, 3, 3, a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), c.options());
+      return;
+    }
+    const scalar_t one = 1;
+    fn("N", "N", n, n, n, &one, b.data_ptr<scalar_t>(), n, a.data_ptr<scalar_t>(), n, &one, c.data_ptr<scalar_t>(), n);
+  });
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("blas_info", &blas_info, "the BLAS the recurrence's products go to");
+  m.def("gemm_probe", &gemm_probe, "c += a b (3 x 3) by the recurrence's BLAS, integers padded with `high`");
   m.def("max_backward", &max_backward, "gradient of amax over dim 1",
         py::call_guard<py::gil_scoped_release>());
   m.def("dropout_mask", &dropout_mask, "inverted-dropout mask from a counter-based hash",
