@@ -132,19 +132,25 @@ def publish(
     model: Annotated[ModelName, typer.Argument(help="Which model to publish.")],
     params: ParamsPath = Path("params.yaml"),
 ) -> None:
-    """Copy the first seed's run of a model to models/<model>.pt, the checkpoint predict serves."""
+    """Copy the first seed's run of a model, with its temperature, to models/<model>.pt: the one predict serves."""
     _run_stage("publish", params, ("train",), model.value, run=f"publish {model.value}")
 
 
 @app.command()
 def evaluate(params: ParamsPath = Path("params.yaml")) -> None:
-    """Score every model and the TF-IDF reference on train/val/test into metrics/."""
+    """Score and calibrate every model and the references on train/val/test into metrics/."""
     _run_stage("evaluate", params, ("evaluate", "train"))
 
 
 @app.command()
+def suspects(params: ParamsPath = Path("params.yaml")) -> None:
+    """List the training articles whose label looks wrong (cleanlab, cross-validated TF-IDF): metrics/suspects.json."""
+    _run_stage("suspects", params, ("evaluate", "suspects"))
+
+
+@app.command()
 def compare(params: ParamsPath = Path("params.yaml")) -> None:
-    """Walk the ablation ladder, check the starter experiment's targets, write metrics/compare.json and report.md."""
+    """Walk the ablation ladder, check the starter experiment's targets, write metrics/compare.json report.md and errors.md."""
     _run_stage("compare", params, ("compare", "train"))
 
 

@@ -91,7 +91,7 @@ def test_unknown_key_is_named(raw):
 
 
 def test_unknown_section_is_named(raw):
-    sections = ", ".join(["download", "prepare", "train", *P.MODELS, "evaluate", "compare"])
+    sections = ", ".join(["download", "prepare", "train", *P.MODELS, "evaluate", "suspects", "compare"])
     _rejects(raw, "trian", {}, f"trian: unknown section (allowed: {sections})")
 
 

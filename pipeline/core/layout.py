@@ -55,3 +55,16 @@ def run_summary(model: str, seed: int) -> Path:
 
 def served_checkpoint(model: str) -> Path:
     return MODELS / f"{model}.pt"
+
+
+# Written by evaluate, one file per model and reference: the served seed's temperature (which
+# publish puts into the served checkpoint) and its reliability bins on the test split.
+CALIBRATION = METRICS / "calibration"
+
+
+def calibration_file(name: str) -> Path:
+    return CALIBRATION / f"{name}.json"
+
+
+# Written by the suspects stage: training articles whose label cleanlab doubts.
+SUSPECTS = METRICS / "suspects.json"

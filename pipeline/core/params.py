@@ -178,6 +178,14 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True, config=_CONFIG)
+class SuspectsParams:
+    # Out-of-fold probabilities of the TF-IDF reference (evaluate.reference) on the training
+    # split, `folds` folds stratified by label and shuffled with `seed`, fed to cleanlab.
+    folds: StrictInt = Field(ge=2, le=100)
+    seed: Seed = Field()
+
+
+@dataclass(frozen=True, config=_CONFIG)
 class Targets:
     min_val_accuracy: StrictFloat = Field(ge=0, le=1)
     max_train_accuracy: StrictFloat = Field(ge=0, le=1)
@@ -209,6 +217,7 @@ class Params:
     stacked: ModelParams = _ABSENT
     window: ModelParams = _ABSENT
     evaluate: EvaluateParams = _ABSENT
+    suspects: SuspectsParams = _ABSENT
     compare: CompareParams = _ABSENT
 
     def model(self, name: str) -> ModelParams:

@@ -1,11 +1,15 @@
-"""A checkpoint as a classifier: the model with the vocabulary, labels and truncation it was trained with.
+"""A checkpoint as a classifier: the model with the vocabulary, labels and truncation it was trained
+with, and the temperature its probabilities are scaled by.
 
 Shared by predict, which labels texts with it, and export, which turns it into a file that
-serves without this package. A checkpoint carries all of it, so nothing else is read.
+serves without this package. A checkpoint carries all of it, so nothing else is read. A served
+checkpoint (models/<model>.pt, from publish) holds the temperature fitted on the validation
+split; a run's own checkpoint has none, and serves with temperature 1 (its raw probabilities).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +32,7 @@ class Classifier:
     labels: tuple[str, ...]
     max_len: int
     keep: str
+    temperature: float = 1.0  # probabilities are softmax(logits / temperature)
 
 
 def checkpoint_path(model: str) -> Path:
@@ -76,5 +81,15 @@ def load_classifier(checkpoint: Path, vocab_path: Path | None = None, device: to
         or keep not in ("head", "tail")
     ):
         raise UserError(f"{checkpoint}: labels or encoding do not fit the model; run `dvc repro`")
+    temperature = ckpt.get("temperature", 1.0)
+    if (
+        not isinstance(temperature, (int, float))
+        or isinstance(temperature, bool)
+        or not math.isfinite(temperature)
+        or temperature <= 0
+    ):
+        raise UserError(
+            f"{checkpoint}: its temperature must be a positive number, got {temperature!r}; run `dvc repro`"
+        )
     model.eval().to(device or torch.device("cpu"))
-    return Classifier(model, vocab, labels, max_len, keep)
+    return Classifier(model, vocab, labels, max_len, keep, float(temperature))

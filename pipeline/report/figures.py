@@ -7,6 +7,8 @@ rendered offline by vl-convert's embedded Vega; the same data gives the same byt
 - learning curves: model -> one run per seed, run = {metric: {split: [(epoch, value), ...]}}
 - confusion matrices: model -> [(actual, predicted), ...] for the test documents
 - spread across seeds: model -> one {split: accuracy} per seed
+- reliability diagrams: model -> [{"scaling", "confidence", "accuracy", "count"}, ...], the
+  non-empty confidence bins of the test split before and after temperature scaling
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ LEARNING_CURVES = "learning_curves.png"
 CONFUSION = "confusion_matrices.png"
 SEED_SPREAD = "seed_spread.png"
 LADDER = "ladder.png"
+RELIABILITY = "reliability.png"
+SCALINGS = {"before": "before", "after": "after temperature scaling"}
 
 
 def _colour(models: Sequence[str]) -> dict[str, Any]:
@@ -237,6 +241,82 @@ def seed_spread_spec(scores: Mapping[str, Sequence[Mapping[str, float]]], title:
     }
 
 
+def reliability_spec(bins: Mapping[str, Sequence[Mapping[str, Any]]], columns: int = 5) -> dict[str, Any]:
+    """One reliability diagram per model: accuracy against mean confidence per bin, a dot's area
+    its number of texts, before and after temperature scaling, with the diagonal of perfect calibration."""
+    rows: list[dict[str, Any]] = [
+        {
+            "model": model,
+            "scaling": SCALINGS.get(str(b["scaling"]), str(b["scaling"])),
+            "confidence": float(b["confidence"]),
+            "accuracy": float(b["accuracy"]),
+            "count": int(b["count"]),
+        }
+        for model, model_bins in bins.items()
+        for b in model_bins
+    ]
+    if not rows:
+        raise ValueError("reliability diagrams: no bins to draw")
+    unit = {"type": "quantitative", "scale": {"domain": [0, 1]}, "axis": {"format": ".0%", "tickCount": 5}}
+    x, y = {**unit, "title": "Mean confidence"}, {**unit, "title": "Accuracy"}
+    scaling = {
+        "field": "scaling",
+        "type": "nominal",
+        "title": "Probabilities",
+        "scale": {"domain": [v for v in SCALINGS.values() if any(r["scaling"] == v for r in rows)]},
+    }
+    return {
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "title": {
+            "text": "Reliability diagrams (test split, served seed)",
+            "subtitle": "dot: one of 15 equal-width confidence bins, its area the number of texts; "
+            "dashed: perfect calibration",
+        },
+        "data": {"values": rows},
+        "facet": {
+            "field": "model",
+            "type": "nominal",
+            "sort": list(bins),
+            "title": None,
+            "header": {"labelFontSize": 12},
+        },
+        "columns": columns,
+        "spec": {
+            "width": 170,
+            "height": 170,
+            "layer": [
+                {
+                    "mark": {"type": "rule", "strokeDash": [4, 4], "color": "#999"},
+                    "encoding": {
+                        "x": {"datum": 0, **x},
+                        "y": {"datum": 0, **y},
+                        "x2": {"datum": 1},
+                        "y2": {"datum": 1},
+                    },
+                },
+                {
+                    "mark": {"type": "line", "strokeWidth": 1.5, "opacity": 0.7},
+                    "encoding": {
+                        "x": {"field": "confidence", **x},
+                        "y": {"field": "accuracy", **y},
+                        "color": scaling,
+                    },
+                },
+                {
+                    "mark": {"type": "circle", "opacity": 0.8},
+                    "encoding": {
+                        "x": {"field": "confidence", **x},
+                        "y": {"field": "accuracy", **y},
+                        "color": scaling,
+                        "size": {"field": "count", "type": "quantitative", "title": "Texts in the bin"},
+                    },
+                },
+            ],
+        },
+        "resolve": {"scale": {"size": "shared"}},
+    }
+
+
 def render_png(spec: Mapping[str, Any]) -> bytes:
     import vl_convert  # imported here: the 80 MB library loads only when a figure is drawn
 
@@ -250,6 +330,7 @@ def write(
     predictions: Mapping[str, Sequence[tuple[str, str]]],
     seed_scores: Mapping[str, Sequence[Mapping[str, float]]],
     ladder: Mapping[str, Sequence[Mapping[str, float]]] | None = None,
+    reliability: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
 ) -> dict[str, Path]:
     """Render every figure into `folder` as PNG; returns {alt text: path} in reading order."""
     folder = Path(folder)
@@ -258,6 +339,10 @@ def write(
         (CONFUSION, "Test confusion matrices"): confusion_spec(predictions),
         (SEED_SPREAD, "Accuracy across seeds"): seed_spread_spec(seed_scores),
     }
+    if reliability:
+        specs[(RELIABILITY, "Reliability diagrams, test split, before and after temperature scaling")] = (
+            reliability_spec(reliability)
+        )
     if ladder:
         title = "The ablation ladder: one change a rung, from Before to After"
         specs[(LADDER, "The ablation ladder: train and val accuracy per rung, one dot per seed")] = seed_spread_spec(

@@ -120,6 +120,72 @@ def _window(details: dict, names: dict[str, str]) -> list[str]:
     return lines
 
 
+def _calibration(details: dict, names: dict[str, str]) -> list[str]:
+    """Each model's temperature and its ECE and NLL before and after temperature scaling."""
+    calibration, seeded = details["calibration"], details["parameters"]["ratio"]
+    lines = [
+        "",
+        "## Calibration: do the probabilities mean what they say?",
+        "",
+        "Expected calibration error (ECE, in %: over 15 equal-width bins of the most likely class's probability, "
+        "the share of texts in a bin times the gap between its accuracy and its mean probability) and negative "
+        "log-likelihood (NLL, the loss), mean ± sd over seeds. *After*: the probabilities divided through one "
+        "temperature T per run, fitted on that run's validation split alone; it never changes the most likely "
+        "class, so every accuracy above stands. The served checkpoints carry their run's T, and `pipeline "
+        "predict` and the exported model apply it. A reference's T scales its log-probabilities.",
+        "",
+        "| Model | T | Val ECE | Val ECE after | Test ECE | Test ECE after | Test NLL | Test NLL after |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, c in calibration.items():
+        seed = name in seeded
+        cells = [
+            _cell(c["temperature"], 1, 2, seed),
+            _cell(c["val"]["ece"], seeded=seed),
+            _cell(c["val"]["ece_scaled"], seeded=seed),
+            _cell(c["test"]["ece"], seeded=seed),
+            _cell(c["test"]["ece_scaled"], seeded=seed),
+            _cell(c["test"]["loss"], 1, 3, seed),
+            _cell(c["test"]["loss_scaled"], 1, 3, seed),
+        ]
+        lines.append(f"| {names[name]} | " + " | ".join(cells) + " |")
+    lines += ["", "The reliability diagrams (Figures, below) show the served seed's bins on the test split."]
+    return lines
+
+
+def _errors(details: dict, names: dict[str, str]) -> list[str]:
+    """What the errors file and the suspect list hold, in numbers, with links to them."""
+    e, s = details["errors"], details["suspects"]
+    n, per_model = e["articles"], e["per_model"]
+    fewest, most = min(per_model, key=per_model.get), max(per_model, key=per_model.get)
+    lines = [
+        "",
+        "## The errors, and suspect training labels",
+        "",
+        f"- [errors.md](errors.md) (and `errors.jsonl`): every test article the served seed of each RNN model "
+        f"misclassifies, from {per_model[fewest]} of {n} ({fewest}) to {per_model[most]} ({most}); "
+        f"{len(e['every_model_wrong'])} article(s) every RNN model gets wrong.",
+    ]
+    if e["pairs"]:
+        top = e["pairs"][0]
+        lines.append(
+            f"- The most frequent confusion: {top['actual']} read as {top['predicted']}, {top['errors']} errors "
+            f"over the models ({top['models']} of {len(per_model)} make it)."
+        )
+    if e["without_test_article"]:
+        missing = ", ".join(f"`{label}`" for label in e["without_test_article"])
+        lines.append(f"- No test article has the class {missing}: its test scores are not measured.")
+    if s["searched"]:
+        lines.append(
+            f"- [suspects.md](suspects.md): cleanlab flags **{s['count']} of {s['articles']} training articles** "
+            f"whose given label the out-of-fold TF-IDF reference ({s['folds_used']} folds) contradicts; "
+            "none was relabelled."
+        )
+    else:
+        lines.append(f"- [suspects.md](suspects.md): the suspect-label search did not run: {s['reason']}.")
+    return lines
+
+
 def render_report(details: dict, names: dict[str, str]) -> str:
     summary, sizes, seeds = details["summary"], details["parameters"], details["seeds"]
     n = len(seeds)
@@ -152,6 +218,8 @@ def render_report(details: dict, names: dict[str, str]) -> str:
             f"gap {100 * s['gap']['min']:.1f} – {100 * s['gap']['max']:.1f} pp"
         )
     lines += _ladder(details, names)
+    lines += _calibration(details, names)
+    lines += _errors(details, names)
     for name in details["targets"]:
         lines += ["", f"## Targets: {names[name]}", "", *_target_lines(name, details["targets"][name], sizes)]
         if name == "window":

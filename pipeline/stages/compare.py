@@ -1,4 +1,5 @@
-"""compare stage: metrics/scores/, metrics/train/, metrics/predictions/ -> compare.json, details.json, report.md.
+"""compare stage: metrics/{scores,predictions,calibration,train}/, suspects.json -> compare.json, details.json,
+report.md, errors.md, errors.jsonl, suspects.md.
 
 Every model was trained once per seed of train.seeds; this stage
 - summarises each model across its seeds: mean, standard deviation, min and max of the
@@ -12,12 +13,19 @@ Every model was trained once per seed of train.seeds; this stage
 - tests BiRNN against baseline and stacked against BiRNN with a paired t-test across seeds
   (run s of one model against run s of the other), and BiRNN against baseline with McNemar's
   exact test on the test predictions of the served seed;
+- summarises calibration across seeds: each run's temperature and its val and test expected
+  calibration error (ECE) and negative log-likelihood, before and after temperature scaling;
 - draws the figures the report embeds (metrics/figures/, see figures.py): every run's learning
-  curves (dvclive/<model>/seed<S>/), the served seed's test confusion matrices, and the
-  accuracies across seeds.
+  curves (dvclive/<model>/seed<S>/), the served seed's test confusion matrices, the accuracies
+  across seeds, and the served seed's reliability diagrams (metrics/calibration/);
+- lists the errors (metrics/errors.md and errors.jsonl, pipeline.report.errors): every test
+  article each RNN model's served seed misclassifies (texts from data/prepared/test.jsonl), the
+  most frequent confusions and the articles every RNN model gets wrong; and renders the suspects
+  stage's training articles of doubtful label (metrics/suspects.json) as metrics/suspects.md.
 
-metrics/compare.json holds the headline figures only, for `dvc metrics diff`; everything else
-goes to metrics/details.json and metrics/report.md. A missed target is a result, not an error:
+metrics/compare.json holds the headline figures only, for `dvc metrics diff` (of calibration, the
+mean test ECE before and after scaling); everything else goes to metrics/details.json and the
+Markdown files, which report.md links. A missed target is a result, not an error:
 the stage fails only on missing or malformed inputs, or on inputs from different runs of a
 stage (pipeline.core.stamps).
 """
@@ -33,13 +41,18 @@ from typing import Any
 from pipeline.core import files, layout, stamps
 from pipeline.core.errors import UserError
 from pipeline.core.params import COUNTERFACTUALS, LADDER, MODELS, Params, Targets
-from pipeline.report import figures
+from pipeline.data.articles import read_texts
+from pipeline.report import errors, figures
 
 SCORES_DIR = layout.METRICS / "scores"
 PREDICTIONS = layout.METRICS / "predictions"
 FIGURES = layout.METRICS / "figures"
+ERRORS_MD = layout.METRICS / "errors.md"
+ERRORS_JSONL = layout.METRICS / "errors.jsonl"
+SUSPECTS_MD = layout.METRICS / "suspects.md"
 SPLITS = ("train", "val", "test")
 SCORES = ("accuracy", "loss", "macro_f1")
+CALIBRATED = ("val", "test")  # the splits scored again after temperature scaling
 REFERENCES = ("reference", "reference_tokens", "fasttext")
 CHECKED = ("window", "birnn", "stacked")  # the models the starter experiment's targets apply to
 PLOTTED = ("baseline", "birnn", "stacked", "window")  # learning curves and confusion matrices
@@ -166,15 +179,86 @@ def ladder(params: Params, per_seed) -> dict[str, Any]:
     }
 
 
-def read_predictions(name: str) -> list[tuple[str, str]]:
+def read_predictions(name: str) -> list[dict[str, Any]]:
+    """The served seed's test predictions: [{"actual", "predicted", "probability"}] in data order."""
     path = PREDICTIONS / f"{name}.json"
     data = files.read_json(path, "test predictions")
     if not isinstance(data, list) or not all(
-        isinstance(row, dict) and isinstance(row.get("actual"), str) and isinstance(row.get("predicted"), str)
+        isinstance(row, dict)
+        and isinstance(row.get("actual"), str)
+        and isinstance(row.get("predicted"), str)
+        and isinstance(row.get("probability"), (int, float))
+        and not isinstance(row.get("probability"), bool)
         for row in data
     ):
-        raise UserError(f'{path}: expected a list of {{"actual", "predicted"}}; rerun `pipeline evaluate`')
-    return [(row["actual"], row["predicted"]) for row in data]
+        raise UserError(
+            f'{path}: expected a list of {{"actual", "predicted", "probability"}}; rerun `pipeline evaluate`'
+        )
+    return data
+
+
+def pairs(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(row["actual"], row["predicted"]) for row in rows]
+
+
+def read_calibration(name: str, seeds: tuple[int, ...], scores: dict[str, Any]) -> list[dict[str, Any]]:
+    """The served seed's reliability bins from metrics/calibration/<name>.json, checked against
+    the scores file it must come from (`scores`, as read): the same temperature and checkpoint."""
+    path = layout.calibration_file(name)
+    data = files.read_json(path, "calibration")
+    served = "0" if name in REFERENCES else str(seeds[0])
+    fields = ("confidence", "accuracy", "count")
+    bins = data.get("bins") if isinstance(data, dict) else None
+    if not isinstance(bins, list) or not all(
+        isinstance(b, dict)
+        and b.get("scaling") in ("before", "after")
+        and all(isinstance(b.get(f), (int, float)) for f in fields)
+        for b in bins
+    ):
+        raise UserError(f"{path}: expected reliability bins; rerun `pipeline evaluate`")
+    same = _number(data, ("temperature",), path) == _number(
+        scores, ("seeds", served, "calibrated", "temperature"), path
+    )
+    if name not in REFERENCES:
+        same = same and data.get(stamps.KEY) == scores.get(stamps.KEY, {}).get(served)
+    if not same:
+        raise UserError(
+            f"{path} and {SCORES_DIR / f'{name}.json'} come from different runs of `pipeline evaluate` ({stamps.RERUN})"
+        )
+    return bins
+
+
+def calibration_summary(name: str, data: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """{"temperature": spread, split: {"ece", "loss", "ece_scaled", "loss_scaled": spread}} across seeds."""
+    path = SCORES_DIR / f"{name}.json"
+    runs = [data["seeds"][k] for k in keys]
+    summary: dict[str, Any] = {"temperature": spread([_number(r, ("calibrated", "temperature"), path) for r in runs])}
+    for split in CALIBRATED:
+        summary[split] = {
+            **{m: spread([_number(r, (split, m), path) for r in runs]) for m in ("ece", "loss")},
+            **{
+                f"{m}_scaled": spread([_number(r, ("calibrated", split, m), path) for r in runs])
+                for m in ("ece", "loss")
+            },
+        }
+    return summary
+
+
+def read_test_texts(labels: list[str], rows: list[dict[str, Any]]) -> list[str]:
+    """The test articles, which must be the predictions' row for row."""
+    ids = {label: k for k, label in enumerate(labels)}
+    if any(row["actual"] not in ids for row in rows):
+        raise UserError(f"{PREDICTIONS}: a prediction names a label the scores do not; rerun `pipeline evaluate`")
+    expected = [ids[row["actual"]] for row in rows]
+    return read_texts("test", labels, expected, against=f"{PREDICTIONS}/")[0]
+
+
+def read_suspects() -> dict[str, Any]:
+    data = files.read_json(layout.SUSPECTS, "suspect labels")
+    keys = ("folds", "seed", "articles", "searched", "count", "suspects")
+    if not isinstance(data, dict) or any(k not in data for k in keys) or not isinstance(data["suspects"], list):
+        raise UserError(f"{layout.SUSPECTS}: not the suspects stage's list; rerun `pipeline suspects`")
+    return data
 
 
 def check_generations(seeds: tuple[int, ...], raw: dict[str, Any]) -> None:
@@ -239,14 +323,17 @@ def check_targets(runs: dict[str, dict], targets: Targets, ratio: float) -> dict
     return result
 
 
-def build(params: Params) -> tuple[dict, dict]:
-    """(compare.json: the headline figures, details.json: everything the report shows)."""
+def build(params: Params, predictions: dict[str, list[dict[str, Any]]]) -> tuple[dict, dict]:
+    """(compare.json: the headline figures, details.json: everything the report shows), from the
+    scores files and every model's and reference's test predictions (already read)."""
     seeds = params.train.seeds
     scores, sizes = {}, {}
     raw = {name: files.read_json(SCORES_DIR / f"{name}.json", "evaluation scores") for name in (*MODELS, *REFERENCES)}
     for name in (*MODELS, *REFERENCES):
         scores[name], sizes[name] = read_scores(name, seeds, raw[name])
     check_generations(seeds, raw)
+    calibration = {name: calibration_summary(name, raw[name], list(scores[name])) for name in (*MODELS, *REFERENCES)}
+    reliability = {name: read_calibration(name, seeds, raw[name]) for name in (*MODELS, *REFERENCES)}
     if sizes["baseline"] <= 0:
         raise UserError(f"{SCORES_DIR}/baseline.json: trainable_parameters must be > 0")
     summaries = {name: summarise(runs) for name, runs in scores.items()}
@@ -262,15 +349,22 @@ def build(params: Params) -> tuple[dict, dict]:
         if "train_seconds" in raw[name]
     }
 
-    b, c = discordant(read_predictions("baseline"), read_predictions("birnn"))
+    b, c = discordant(pairs(predictions["baseline"]), pairs(predictions["birnn"]))
+    labels = _labels(raw["baseline"])
+    suspects = read_suspects()
+    error_summary = errors.summarise_errors(predictions, labels, MODELS, REFERENCES)
 
     def headline_of(name: str) -> dict:
         # A reference is one deterministic fit: its value alone; a model: mean and sd over seeds.
         keys = ("mean", "sd") if name in MODELS else ("mean",)
         pick = (lambda s: {k: s[k] for k in keys}) if name in MODELS else (lambda s: s["mean"])
+        ece = calibration[name]["test"]
+        mean = (lambda s: {"mean": s["mean"]}) if name in MODELS else (lambda s: s["mean"])
         return {
             **{s: {m: pick(summaries[name][s][m]) for m in SCORES} for s in SPLITS},
             "gap": pick(summaries[name]["gap"]),
+            # Calibration in the headline: the mean test ECE, before and after temperature scaling.
+            "test_ece": {"before": mean(ece["ece"]), "after": mean(ece["ece_scaled"])},
         }
 
     headline = {
@@ -298,14 +392,32 @@ def build(params: Params) -> tuple[dict, dict]:
         "ladder": ladder(params, per_seed),
         "training": {name: {str(s): read_training(name, s) for s in seeds} for name in MODELS},
         "reference_train_seconds": reference_seconds,
+        "calibration": calibration,
+        "reliability": reliability,
+        "labels": labels,
+        "errors": error_summary,
+        "suspects": {k: v for k, v in suspects.items() if k != "suspects"},
     }
     return headline, details
+
+
+def _labels(data: Any) -> list[str]:
+    """The labels in order, from a scores file's per-class scores (every label has one)."""
+    per_class = data["seeds"][next(iter(data["seeds"]))]["test"].get("per_class")
+    if not isinstance(per_class, dict) or not per_class:
+        raise UserError(f"{SCORES_DIR}/baseline.json: no per-class scores; rerun `pipeline evaluate`")
+    return list(per_class)
 
 
 def run(params: Params) -> None:
     from pipeline.report.markdown import render_report
 
-    headline, details = build(params)
+    predictions = {m: read_predictions(m) for m in (*MODELS, *REFERENCES)}
+    headline, details = build(params, predictions)
+    texts = read_test_texts(details["labels"], predictions[MODELS[0]])
+    error_list = errors.error_rows(predictions, texts, MODELS)
+    errors_md = errors.render_errors(predictions, texts, details["errors"], NAMES, MODELS, params.train.seeds[0])
+    suspects_md = errors.render_suspects(read_suspects())
     curves = ("accuracy", "loss"), ("train", "val")
     drawn = figures.write(
         FIGURES,
@@ -313,7 +425,7 @@ def run(params: Params) -> None:
             m: [files.read_learning_curves(layout.run_curves(m, s), *curves) for s in params.train.seeds]
             for m in PLOTTED
         },
-        predictions={m: read_predictions(m) for m in (*PLOTTED, *REFERENCES)},
+        predictions={m: pairs(predictions[m]) for m in (*PLOTTED, *REFERENCES)},
         seed_scores={
             m: [{s: run[s]["accuracy"] for s in SPLITS} for run in details["per_seed"][m].values()] for m in MODELS
         },
@@ -321,11 +433,15 @@ def run(params: Params) -> None:
             RUNGS[m]: [{s: run[s]["accuracy"] for s in ("train", "val")} for run in details["per_seed"][m].values()]
             for m in (*LADDER, *COUNTERFACTUALS)
         },
+        reliability=details.pop("reliability"),
     )
     embedded = [f"![{alt}]({path.relative_to(layout.METRICS).as_posix()})\n" for alt, path in drawn.items()]
     report = render_report(details, NAMES) + "\n".join(["", "## Figures", "", *embedded])
     files.write_json(layout.METRICS / "compare.json", headline)
     files.write_json(layout.METRICS / "details.json", details)
+    files.write_bytes(ERRORS_JSONL, b"".join(map(files.jsonl_line, error_list)))
+    files.write_text(ERRORS_MD, errors_md)
+    files.write_text(SUSPECTS_MD, suspects_md)
     files.write_text(layout.METRICS / "report.md", report)
     window = details["targets"]["window"]
     met = [k for k, t in window.items() if t["met"]]

@@ -1,38 +1,48 @@
 """evaluate stage: every run in models/<model>/seed<S>.pt + data/prepared/ -> metrics/scores/.
 
 Scores each model's run for every seed of train.seeds, and three references, on the train,
-val and test splits with scikit-learn: accuracy, loss (log loss, the mean cross-entropy),
-macro-F1, per-class precision/recall/F1 and the confusion matrix. The references are fitted on
-the training split:
+val and test splits with scikit-learn: accuracy, loss (log loss, the mean cross-entropy, i.e. the
+negative log-likelihood), macro-F1, the expected calibration error (ece: 15 equal-width bins of
+the top-label confidence, pipeline.model.calibration), per-class precision/recall/F1 and the
+confusion matrix. Each run is then calibrated by temperature scaling: one scalar T fitted on its
+validation split alone, with its val and test loss and ECE after scaling (the argmax, and so
+every accuracy, is unchanged). A reference's probabilities are scaled through their logarithms.
+The references are fitted on the training split:
 - `reference`: TF-IDF + logistic regression on whole articles (data/prepared/train.jsonl)
-  through the pipeline's tokenizer;
+  through the pipeline's tokenizer (pipeline.model.reference);
 - `reference_tokens`: the same on exactly what the RNNs read, the truncated ids of the .npz
   files mapped back to their vocabulary words (`<unk>` included): like for like;
 - `fasttext`: supervised fastText (evaluate.fasttext, word n-grams) on the same whole articles,
   tokenised the same way and joined by spaces.
 
 Writes, only after everything was computed, each folder as one generation (files.publish_dir):
-- metrics/scores/<name>.json: {"seeds": {"<S>": {"train": {...}, "val": {...}, "test": {...}}},
+- metrics/scores/<name>.json: {"seeds": {"<S>": {"train": {...}, "val": {...}, "test": {...},
+  "calibrated": {"temperature": T, "val": {"loss", "ece"}, "test": {"loss", "ece"}}}},
   "trainable_parameters": n, "served_seed": S, "checkpoint_sha256": {"<S>": sha256},
   "evaluation": stamp} (a reference has the one "seed" 0), floats rounded to 6 digits so the
   same inputs give the same bytes; fasttext.json adds "train_seconds", the wall time of its
   training: the one field that differs between runs, and left out of the stamp;
-- metrics/predictions/<name>.json: [{"actual", "predicted"}, ...] on the test split in data
-  order for the served seed, read by `dvc plots` (confusion matrices) and by compare (McNemar),
-  and stamp.json: {"evaluation": stamp} (pipeline.core.stamps).
+- metrics/predictions/<name>.json: [{"actual", "predicted", "probability"}, ...] on the test
+  split in data order for the served seed (probability: the predicted class's, after temperature
+  scaling, as `pipeline predict` gives it), read by `dvc plots` (confusion matrices) and by
+  compare (McNemar, the errors file), and stamp.json: {"evaluation": stamp} (pipeline.core.stamps);
+- metrics/calibration/<name>.json: {"served_seed", "checkpoint_sha256" (a model's), "temperature",
+  "bins": [{"scaling": "before" | "after", "lower", "upper", "confidence", "accuracy", "count"}]}:
+  the served seed's temperature, which publish writes into models/<model>.pt, and its
+  reliability diagram on the test split, drawn by compare and by `dvc plots`. No evaluation
+  stamp here, so one model's file changes only with that model and publish reruns only for it.
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import fasttext
 import numpy as np
 import torch
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import (
     accuracy_score,
     confusion_matrix,
@@ -40,20 +50,22 @@ from sklearn.metrics import (
     log_loss,
     precision_recall_fscore_support,
 )
-from threadpoolctl import threadpool_limits
 
 from pipeline.core import files, layout, stamps
 from pipeline.core.errors import UserError
 from pipeline.core.params import MODELS, FastTextParams, Params, ReferenceParams
+from pipeline.data.articles import read_texts
 from pipeline.data.splits import Split, load_split, split_logits
 from pipeline.data.text import Vocab, tokenise
-from pipeline.model import checkpoints
+from pipeline.model import calibration, checkpoints
 from pipeline.model.network import ModelConfig, RNNClassifier, count_parameters
+from pipeline.model.reference import fit_reference, reference_proba
 
 PREPARED = layout.PREPARED
 SCORES = layout.METRICS / "scores"
 PREDICTIONS = layout.METRICS / "predictions"
 SPLITS = ("train", "val", "test")
+CALIBRATED = ("val", "test")  # scored again after temperature scaling, which is fitted on val
 DIGITS = 6
 RETRAIN = "retrain with `dvc repro`"
 # fastText's label prefix. A token never holds "_" (pipeline.data.text), so none can pose as a label.
@@ -73,6 +85,7 @@ def split_metrics(y_true: np.ndarray, proba: np.ndarray, labels: list[str]) -> d
         "accuracy": _round(accuracy_score(y_true, y_pred)),
         "loss": _round(log_loss(y_true, proba, labels=classes)),
         "macro_f1": _round(f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)),
+        "ece": _round(calibration.calibration_error(proba, y_true)),
         "per_class": {
             name: {
                 "precision": _round(precision[k]),
@@ -104,64 +117,81 @@ def load_model(path: Path, labels: list[str], vocab_sha256: str, encoding: dict)
     return model.eval()
 
 
-def read_texts(split: str, label_ids: dict[str, int], expected: torch.Tensor) -> list[str]:
-    """The split's original texts; their labels must match the .npz row for row."""
-    path = PREPARED / f"{split}.jsonl"
-    rows = [row for _, row in files.read_jsonl(path, "split texts", "pipeline prepare")]
-    try:
-        texts = [row["text"] for row in rows]
-        ids = [label_ids[row["label"]] for row in rows]
-    except (KeyError, TypeError):
-        raise UserError(f"{path}: rows do not match {PREPARED}/labels.json; rerun `pipeline prepare`") from None
-    if ids != expected.tolist():
-        raise UserError(f"{path}: does not match {split}.npz row for row; rerun `pipeline prepare`")
-    return texts
-
-
 def seen_tokens(split: Split, vocab: Vocab) -> list[list[str]]:
     """The words an RNN reads for each text: its truncated ids, mapped back to the vocabulary."""
     words = vocab.tokens
     return [[words[i] for i in row[:n]] for row, n in zip(split.ids.tolist(), split.lengths.tolist(), strict=True)]
 
 
-def _identity(tokens: list[str]) -> list[str]:
-    return tokens
-
-
-def fit_reference(texts: list, y: np.ndarray, p: ReferenceParams, pretokenised: bool = False):
-    """TF-IDF over the pipeline's tokens (1..ngram_max-grams) + multinomial logistic regression.
-
-    `texts` are raw texts, tokenised as prepare does, or (pretokenised) lists of tokens.
-    """
-    vectorizer = TfidfVectorizer(
-        tokenizer=_identity if pretokenised else tokenise,  # tokenise normalises too, as prepare does
-        lowercase=False,
-        token_pattern=None,
-        ngram_range=(1, p.ngram_max),
-        max_features=p.max_features,
-        dtype=np.float64,
-    )
-    # lbfgs is deterministic; random_state is fixed anyway so a solver change cannot make it vary.
-    classifier = LogisticRegression(C=p.C, solver="lbfgs", max_iter=2000, random_state=0)
-    classifier.fit(vectorizer.fit_transform(texts), y)
-    return vectorizer, classifier
-
-
-def _predictions(y_true: np.ndarray, proba: np.ndarray, labels: list[str]) -> list[dict[str, str]]:
+def _predictions(y_true: np.ndarray, proba: np.ndarray, scaled: np.ndarray, labels: list[str]) -> list[dict]:
+    """The test predictions: the class is the raw argmax (the one every accuracy counts), the
+    probability the calibrated one of that class."""
+    predicted = proba.argmax(1)
+    chosen = scaled[np.arange(len(predicted)), predicted]
     return [
-        {"actual": labels[a], "predicted": labels[p]}
-        for a, p in zip(y_true.tolist(), proba.argmax(1).tolist(), strict=True)
+        {"actual": labels[a], "predicted": labels[p], "probability": _round(q)}
+        for a, p, q in zip(y_true.tolist(), predicted.tolist(), chosen.tolist(), strict=True)
     ]
+
+
+@dataclass
+class Scored:
+    """One run's scores on every split, calibrated, and what its served seed publishes."""
+
+    scores: dict
+    predictions: list
+    calibration: dict
+
+
+def score_run(
+    proba: dict[str, np.ndarray], logits: dict[str, np.ndarray], truth: dict[str, np.ndarray], labels: list[str]
+) -> Scored:
+    """Scores of a run from its probabilities and logits on every split: the raw scores, the
+    temperature fitted on val, and the val and test loss and ECE after scaling."""
+    scores: dict = {s: split_metrics(truth[s], proba[s], labels) for s in SPLITS}
+    temperature = calibration.fit_temperature(logits["val"], truth["val"])
+    scaled = {s: calibration.softmax(logits[s], temperature) for s in CALIBRATED}
+    classes = list(range(len(labels)))
+    scores["calibrated"] = {
+        "temperature": temperature,
+        **{
+            s: {
+                "loss": _round(log_loss(truth[s], scaled[s], labels=classes)),
+                "ece": _round(calibration.calibration_error(scaled[s], truth[s])),
+            }
+            for s in CALIBRATED
+        },
+    }
+    bins = [
+        {"scaling": scaling, **row}
+        for scaling, p in (("before", proba["test"]), ("after", scaled["test"]))
+        for row in calibration.reliability(p, truth["test"])
+    ]
+    return Scored(
+        scores,
+        _predictions(truth["test"], proba["test"], scaled["test"], labels),
+        {"temperature": temperature, "bins": bins},
+    )
+
+
+def _summary_line(name: str, scores: dict) -> str:
+    accuracies = ", ".join(f"{s} acc {scores[s]['accuracy']:.4f}" for s in SPLITS)
+    after = scores["calibrated"]
+    return (
+        f"{name}: {accuracies}; T {after['temperature']:.3g}, "
+        f"test ECE {scores['test']['ece']:.4f} -> {after['test']['ece']:.4f}"
+    )
 
 
 def _scored(
     name: str, proba: dict[str, np.ndarray], truth: dict[str, np.ndarray], labels: list[str], n_weights: int
-) -> tuple[dict, list]:
-    """A reference's scores file (its one "seed" 0) and its test predictions."""
-    scores = {s: split_metrics(truth[s], proba[s], labels) for s in SPLITS}
-    print(f"{name}: " + ", ".join(f"{s} acc {scores[s]['accuracy']:.4f}" for s in SPLITS))
-    result = {"seeds": {"0": scores}, "trainable_parameters": int(n_weights), "served_seed": 0}
-    return result, _predictions(truth["test"], proba["test"], labels)
+) -> tuple[dict, Scored]:
+    """A reference's scores file (its one "seed" 0), its test predictions and calibration."""
+    run = score_run(proba, {s: calibration.logits_of(proba[s]) for s in SPLITS}, truth, labels)
+    print(_summary_line(name, run.scores))
+    result = {"seeds": {"0": run.scores}, "trainable_parameters": int(n_weights), "served_seed": 0}
+    run.calibration = {"served_seed": 0, **run.calibration}
+    return result, run
 
 
 def _reference(
@@ -171,16 +201,9 @@ def _reference(
     labels: list[str],
     p: ReferenceParams,
     pretokenised: bool,
-) -> tuple[dict, list]:
-    # One BLAS thread: lbfgs's sums then run in one order, so the same data gives the same fit.
-    with threadpool_limits(limits=1):
-        vectorizer, classifier = fit_reference(inputs["train"], truth["train"], p, pretokenised)
-        probabilities = {s: classifier.predict_proba(vectorizer.transform(inputs[s])) for s in SPLITS}
-    proba = {}
-    for s in SPLITS:
-        # Columns of predict_proba follow classifier.classes_; place them by label id.
-        proba[s] = np.zeros((len(inputs[s]), len(labels)))
-        proba[s][:, classifier.classes_] = probabilities[s]
+) -> tuple[dict, Scored]:
+    vectorizer, classifier = fit_reference(inputs["train"], truth["train"], p, pretokenised)
+    proba = {s: reference_proba(vectorizer, classifier, inputs[s], len(labels)) for s in SPLITS}
     n_weights = classifier.coef_.size + classifier.intercept_.size
     return _scored(name, proba, truth, labels, n_weights)
 
@@ -226,7 +249,7 @@ def fasttext_proba(model: fasttext.FastText._FastText, lines: list[str], n_label
 
 def _fasttext(
     texts: dict[str, list[str]], truth: dict[str, np.ndarray], labels: list[str], p: FastTextParams
-) -> tuple[dict, list, float]:
+) -> tuple[dict, Scored, float]:
     lines = {s: [" ".join(tokenise(text)) for text in texts[s]] for s in SPLITS}
     model, seconds = fit_fasttext(lines["train"], truth["train"], p)
     proba = {s: fasttext_proba(model, lines[s], len(labels)) for s in SPLITS}
@@ -234,8 +257,8 @@ def _fasttext(
     # hashed n-gram bucket (a bucket no n-gram hashes to is counted too: it is in the model), and
     # the output matrix, one row per label; fastText has no biases.
     n_weights = model.get_input_matrix().size + model.get_output_matrix().size
-    result, predictions = _scored("fasttext", proba, truth, labels, n_weights)
-    return result, predictions, seconds
+    result, run = _scored("fasttext", proba, truth, labels, n_weights)
+    return result, run, seconds
 
 
 def run(params: Params) -> None:
@@ -249,23 +272,21 @@ def run(params: Params) -> None:
     truth = {s: splits[s].labels.numpy() for s in SPLITS}
 
     results: dict[str, dict] = {}
-    predictions: dict[str, list] = {}
+    served: dict[str, Scored] = {}
     for name in MODELS:
         runs, scored = {}, {}
         for seed in seeds:
             path = layout.run_checkpoint(name, seed)
             model = load_model(path, labels, vocab_sha256, stats["encoding"])
             scored[str(seed)] = files.sha256_file(path)
-            scores = {}
-            for s, split in splits.items():
-                logits = split_logits(model, split, p.batch_size)
-                proba = torch.softmax(logits.double(), dim=1).numpy()
-                scores[s] = split_metrics(truth[s], proba, labels)
-                if s == "test" and seed == seeds[0]:
-                    predictions[name] = _predictions(truth[s], proba, labels)
-            runs[str(seed)] = scores
-            accuracies = ", ".join(f"{s} acc {scores[s]['accuracy']:.4f}" for s in SPLITS)
-            print(f"{layout.run_name(name, seed)}: {accuracies}")
+            logits = {s: split_logits(model, split, p.batch_size).double() for s, split in splits.items()}
+            proba = {s: torch.softmax(logits[s], dim=1).numpy() for s in SPLITS}
+            run = score_run(proba, {s: logits[s].numpy() for s in SPLITS}, truth, labels)
+            runs[str(seed)] = run.scores
+            if seed == seeds[0]:
+                run.calibration = {"served_seed": seed, stamps.KEY: scored[str(seed)], **run.calibration}
+                served[name] = run
+            print(_summary_line(layout.run_name(name, seed), run.scores))
         results[name] = {
             "seeds": runs,
             "trainable_parameters": count_parameters(model),
@@ -273,25 +294,29 @@ def run(params: Params) -> None:
             stamps.KEY: scored,
         }
 
-    label_ids = {name: k for k, name in enumerate(labels)}
-    texts = {s: read_texts(s, label_ids, splits[s].labels) for s in SPLITS}
-    results["reference"], predictions["reference"] = _reference(
+    texts = {s: read_texts(s, labels, splits[s].labels.tolist())[0] for s in SPLITS}
+    results["reference"], served["reference"] = _reference(
         "reference", texts, truth, labels, p.reference, pretokenised=False
     )
     vocab = Vocab.load(PREPARED / "vocab.json")
     seen = {s: seen_tokens(splits[s], vocab) for s in SPLITS}
-    results["reference_tokens"], predictions["reference_tokens"] = _reference(
+    results["reference_tokens"], served["reference_tokens"] = _reference(
         "reference_tokens", seen, truth, labels, p.reference, pretokenised=True
     )
-    results["fasttext"], predictions["fasttext"], seconds = _fasttext(texts, truth, labels, p.fasttext)
+    results["fasttext"], served["fasttext"], seconds = _fasttext(texts, truth, labels, p.fasttext)
     # Timing is written beside the results but not stamped: the same inputs keep the same stamp.
     timing = {"fasttext": {"train_seconds": round(seconds, 3)}}
 
     # Each folder is swapped in whole: never one model's new scores beside another's old ones;
     # and both carry the run's stamp, so compare refuses new scores beside old predictions.
     stamp = stamps.evaluation_stamp(results)
-    with files.publish_dir(SCORES) as scores_dir, files.publish_dir(PREDICTIONS) as predicted:
+    with (
+        files.publish_dir(SCORES) as scores_dir,
+        files.publish_dir(PREDICTIONS) as predicted,
+        files.publish_dir(layout.CALIBRATION) as calibrated,
+    ):
         for name, result in results.items():
             files.write_json(scores_dir / f"{name}.json", {**result, **timing.get(name, {}), stamps.EVALUATION: stamp})
-            files.write_json(predicted / f"{name}.json", predictions[name])
+            files.write_json(predicted / f"{name}.json", served[name].predictions)
+            files.write_json(calibrated / f"{name}.json", served[name].calibration)
         files.write_json(predicted / stamps.PREDICTIONS_FILE, {stamps.EVALUATION: stamp})

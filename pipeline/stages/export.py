@@ -4,9 +4,11 @@ Not a DVC stage. Reads models/<model>.pt or any checkpoint path and writes two f
 
 - <out>.onnx: an ONNX model for any ONNX runtime (onnxruntime, for one). Its inputs are `ids`
   (batch, steps) int64, right-padded with 0, and `lengths` (batch,) int64, the real tokens of
-  each text (1..steps); its output `logits` (batch, classes) float32, whose softmax gives the
-  probabilities of the labels in order. Batch and steps are free. A row whose length or ids
-  break these rules gets NaN logits, since a graph cannot raise. The model's metadata holds
+  each text (1..steps); its output `logits` (batch, classes) float32, already divided by the
+  checkpoint's temperature (publish's, fitted on the validation split; 1 if it has none), so
+  their softmax gives the probabilities of the labels in order that `pipeline predict` gives.
+  Batch and steps are free. A row whose length or ids break these rules gets NaN logits, since
+  a graph cannot raise. The model's metadata holds
   the sidecar too, under `classifier.json`.
 - <out>.json: the sidecar: labels, vocabulary (a token's id is its position), encoding
   (max_len, keep, pad and unk ids) and the tokenizer, step by step, plus the sha256 of
@@ -46,7 +48,7 @@ from pipeline.model.served import Classifier, checkpoint_path, load_classifier
 
 EXPORTS = Path("exported")
 SIDECAR = "classifier.json"  # the sidecar's key in the ONNX model's metadata
-FORMAT = "pipeline-rnn-classifier/2"
+FORMAT = "pipeline-rnn-classifier/3"  # 3: the logits are divided by the temperature
 CELLS = {"rnn": nn.RNNCell, "gru": nn.GRUCell, "lstm": nn.LSTMCell}
 
 
@@ -81,9 +83,10 @@ def _reverse(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 class ServedClassifier(nn.Module):
     """RNNClassifier's eval-mode forward, built from its modules, for torch.onnx.export."""
 
-    def __init__(self, model: RNNClassifier):
+    def __init__(self, model: RNNClassifier, temperature: float = 1.0):
         super().__init__()
         cfg = model.cfg
+        self.temperature = float(temperature)
         self.readout = cfg.readout
         self.hidden_dim = cfg.hidden_dim
         self.embedding = model.embedding
@@ -124,13 +127,14 @@ class ServedClassifier(nn.Module):
             pooled = out.masked_fill(~real[None, :, :, None], 0.0).sum(2) / lengths.view(1, -1, 1).to(out.dtype)
         else:
             pooled = out.masked_fill(~real[None, :, :, None], float("-inf")).amax(2)
-        logits = self.head(pooled.transpose(0, 1).flatten(1))  # (B, D * H) -> (B, C)
+        logits = self.head(pooled.transpose(0, 1).flatten(1)) / self.temperature  # (B, D * H) -> (B, C)
         return logits.masked_fill(~valid.unsqueeze(1), float("nan"))
 
 
-def to_onnx(model: RNNClassifier, metadata: dict[str, str]) -> bytes:
-    """The checkpoint's model as one ONNX file that reads batches of any size and length."""
-    served = ServedClassifier(model.cpu().eval())
+def to_onnx(model: RNNClassifier, metadata: dict[str, str], temperature: float = 1.0) -> bytes:
+    """The checkpoint's model, its logits divided by `temperature`, as one ONNX file that reads
+    batches of any size and length."""
+    served = ServedClassifier(model.cpu().eval(), temperature)
     # Example inputs of distinct sizes, none 0 or 1, which torch.export would fix as constants.
     example = (torch.tensor([[2, 3, 0], [2, 3, 4]]), torch.tensor([2, 3]))
     batch = torch.export.Dim("batch")
@@ -205,9 +209,10 @@ def sidecar(clf: Classifier, source: Path) -> dict[str, object]:
             "lengths": "int64 (batch,): real tokens per text, 1 <= length <= steps",
         },
         "outputs": {
-            "logits": "float32 (batch, len(labels)); softmax over the last axis gives probabilities; "
-            "NaN in a row whose length or ids break the rules above",
+            "logits": "float32 (batch, len(labels)), already divided by `temperature`; softmax over the "
+            "last axis gives the calibrated probabilities; NaN in a row whose length or ids break the rules above",
         },
+        "temperature": clf.temperature,
         "labels": list(clf.labels),
         "encoding": {
             "max_len": clf.max_len,
@@ -241,7 +246,7 @@ def run(model: str = "birnn", out: Path | None = None) -> None:
         raise UserError(f"--out {target}: would overwrite the checkpoint it exports; choose another path")
     clf = load_classifier(source)
     info = sidecar(clf, source)
-    data = to_onnx(clf.model, {SIDECAR: json.dumps(info, ensure_ascii=False)})
+    data = to_onnx(clf.model, {SIDECAR: json.dumps(info, ensure_ascii=False)}, clf.temperature)
     files.write_bytes(target, data)
     # The file beside it also names the model file's hash, which the model file cannot hold.
     files.write_json(side, {"model_sha256": files.sha256_bytes(data), **info})

@@ -1,7 +1,10 @@
 """predict: label new texts with a trained checkpoint. Not a DVC stage: it reads, never writes.
 
 Reads models/<model>.pt, or any checkpoint path: a checkpoint carries its vocabulary, labels
-and truncation, so it is all predict needs (pipeline.model.served). `--vocab` optionally checks
+and truncation, so it is all predict needs (pipeline.model.served). The probabilities are
+softmax(logits / T) with the checkpoint's temperature T (fitted on the validation split by
+evaluate and written into models/<model>.pt by publish; 1 for a run's own checkpoint), so the
+labels are the model's argmax whatever T is. `--vocab` optionally checks
 that the checkpoint was trained with a given vocabulary file (its sha256 must match). It runs
 on the CPU unless `--device cuda` (or `auto`: cuda where there is one) is given.
 
@@ -89,7 +92,7 @@ def probabilities(
     workers = default_workers() if workers is None else workers
     logits = _logits(clf, ids_t[order], lengths_t[order], batch_size, workers)  # (N, C)
     probs = torch.empty(logits.shape, dtype=torch.float64)
-    probs[order] = logits.double().softmax(dim=-1)
+    probs[order] = (logits.double() / clf.temperature).softmax(dim=-1)
     knows_a_word = ((ids_t != UNK_ID) & (ids_t != PAD_ID)).any(dim=1)
     return probs, knows_a_word
 

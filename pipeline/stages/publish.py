@@ -1,22 +1,44 @@
-"""publish stage: models/<model>/seed<S>.pt of the first seed in train.seeds -> models/<model>.pt.
+"""publish stage: models/<model>/seed<S>.pt of the first seed in train.seeds + its temperature -> models/<model>.pt.
 
 The served checkpoint is fixed before anything is measured: the first seed, not the seed
 that scored best, so the served model is as good as a typical run and no better by choice.
+It is that run's checkpoint with one entry added, "temperature": the scalar that evaluate fitted
+on the validation split (metrics/calibration/<model>.json), by which `pipeline predict` and the
+exported model divide the logits. The run's own checkpoint is left as it is.
 """
 
 from __future__ import annotations
 
-from pipeline.core import files, layout
+import math
+
+from pipeline.core import files, layout, stamps
 from pipeline.core.errors import UserError
 from pipeline.core.params import Params
+from pipeline.model import checkpoints
+
+
+def served_temperature(name: str, seed: int, checkpoint_sha256: str) -> float:
+    """The temperature evaluate fitted for this run, refused if it was fitted on another checkpoint."""
+    path = layout.calibration_file(name)
+    data = files.read_json(path, "calibration")
+    temperature = data.get("temperature") if isinstance(data, dict) else None
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not math.isfinite(temperature):
+        raise UserError(f"{path}: no finite temperature; rerun `pipeline evaluate`")
+    if temperature <= 0:
+        raise UserError(f"{path}: the temperature must be positive, got {temperature}; rerun `pipeline evaluate`")
+    if data.get("served_seed") != seed or data.get(stamps.KEY) != checkpoint_sha256:
+        raise UserError(
+            f"{path}: fitted on another checkpoint than {layout.run_checkpoint(name, seed)}; rerun `dvc repro`"
+        )
+    return float(temperature)
 
 
 def run(params: Params, name: str) -> None:
     seed = params.train.seeds[0]
     source = layout.run_checkpoint(name, seed)
-    try:
-        data = source.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{source}: not trained yet; run `dvc repro train@{name}-{seed}`") from None
-    files.write_bytes(layout.served_checkpoint(name), data)
-    print(f"{layout.served_checkpoint(name)}: seed {seed} of {name}")
+    if not source.is_file():
+        raise UserError(f"{source}: not trained yet; run `dvc repro train@{name}`")
+    temperature = served_temperature(name, seed, files.sha256_file(source))
+    checkpoint = checkpoints.load_checkpoint(source)
+    checkpoints.save_checkpoint(layout.served_checkpoint(name), {**checkpoint, "temperature": temperature})
+    print(f"{layout.served_checkpoint(name)}: seed {seed} of {name}, temperature {temperature:g}")
