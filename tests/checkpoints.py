@@ -22,16 +22,20 @@ def save_random_checkpoint(
     max_len: int = 8,
     keep: str = "head",
     seed: int = 0,
+    temperature: float | None = None,
     **architecture: object,
 ) -> RNNClassifier:
-    """Save a seeded random model of `architecture` (ModelConfig fields) with its vocabulary; return it."""
+    """Save a seeded random model of `architecture` (ModelConfig fields) with its vocabulary, and
+    `temperature` as publish writes it into a served checkpoint (none: a run's checkpoint); return it."""
     arch = {"embed_dim": 6, "hidden_dim": 5, **architecture}
     cfg = ModelConfig(vocab_size=len(tokens), num_classes=len(labels), **arch)  # type: ignore[arg-type]
     torch.manual_seed(seed)
     model = RNNClassifier(cfg).eval()
+    served = {} if temperature is None else {"temperature": temperature}
     checkpoints.save_checkpoint(
         path,
-        {
+        served
+        | {
             "model": model.state_dict(),
             "config": asdict(cfg),
             "labels": list(labels),

@@ -76,13 +76,17 @@ def _set_seeds(seeds) -> None:
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
+TEMPERATURE = 1.5
+
+
 def _split_scores(accuracy: float) -> dict:
-    """What evaluate writes for one split: loss = 1 - accuracy, macro-F1 = accuracy - 0.01, and the
-    per-class scores and confusion matrix, which compare.json must leave out."""
+    """What evaluate writes for one split: loss = 1 - accuracy, macro-F1 = accuracy - 0.01, ECE =
+    (1 - accuracy) / 4, and the per-class scores and confusion matrix, which compare.json must leave out."""
     return {
         "accuracy": accuracy,
         "loss": round(1 - accuracy, 6),
         "macro_f1": round(accuracy - 0.01, 6),
+        "ece": round((1 - accuracy) / 4, 6),
         "per_class": {label: {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2} for label in LABELS},
         "confusion_matrix": [[2, 0, 0], [0, 2, 0], [0, 0, 2]],
     }
@@ -97,21 +101,67 @@ def _checkpoint_sha(name: str, seed) -> str:
     return f"sha-of-{name}-{seed}"
 
 
-def write_inputs(accuracy: dict | None = None, b: int = 1, c: int = 3) -> None:
-    """metrics/scores, metrics/predictions, metrics/train and dvclive/ as evaluate and train write them.
+def _calibrated(splits: dict, i: int) -> dict:
+    """After temperature scaling: loss 0.9 x and ECE half of the raw ones."""
+    return {
+        "temperature": TEMPERATURE,
+        **{
+            s: {"loss": round(0.9 * (1 - splits[s][i]), 6), "ece": round((1 - splits[s][i]) / 8, 6)}
+            for s in ("val", "test")
+        },
+    }
 
-    On the served seed's test predictions, b documents only the baseline gets right, c only the BiRNN.
+
+BINS = [
+    {"scaling": "before", "lower": 0.8, "upper": 0.866667, "confidence": 0.84, "accuracy": 0.7, "count": 3},
+    {"scaling": "after", "lower": 0.733333, "upper": 0.8, "confidence": 0.75, "accuracy": 0.7, "count": 3},
+]
+SUSPECTS = {
+    "folds": 5,
+    "seed": 42,
+    "articles": 40,
+    "searched": True,
+    "folds_used": 5,
+    "out_of_fold_accuracy": 0.95,
+    "count": 1,
+    "suspects": [
+        {
+            "line": 4,
+            "given": "tech",
+            "suggested": "sport",
+            "given_probability": 0.05,
+            "suggested_probability": 0.9,
+            "text": "Goal | match",
+        }
+    ],
+}
+
+
+def write_inputs(accuracy: dict | None = None, b: int = 1, c: int = 3) -> None:
+    """metrics/scores, metrics/predictions, metrics/calibration, metrics/suspects.json,
+    metrics/train, dvclive/ and data/prepared/test.jsonl as the stages write them.
+
+    On the served seed's test predictions, b documents only the baseline gets right, c only the
+    BiRNN; every other model and reference gets every document right.
     """
     accuracy = accuracy or ACCURACY
     for name, splits in accuracy.items():
         keys = ["0"] if name in compare.REFERENCES else [str(s) for s in SEEDS]
-        runs = {k: {s: _split_scores(splits[s][i]) for s in SPLITS} for i, k in enumerate(keys)}
+        runs = {
+            k: {**{s: _split_scores(splits[s][i]) for s in SPLITS}, "calibrated": _calibrated(splits, i)}
+            for i, k in enumerate(keys)
+        }
         scores = {"seeds": runs, "trainable_parameters": SIZES[name], "served_seed": int(keys[0])}
         if name not in compare.REFERENCES:
             scores["checkpoint_sha256"] = {k: _checkpoint_sha(name, k) for k in keys}
         if name == "fasttext":
             scores["train_seconds"] = 3.5
         _write(f"metrics/scores/{name}.json", {**scores, "evaluation": "evaluation-1"})
+        calibration = {"served_seed": int(keys[0]), "temperature": TEMPERATURE, "bins": BINS}
+        if name not in compare.REFERENCES:
+            calibration["checkpoint_sha256"] = _checkpoint_sha(name, keys[0])
+        _write(f"metrics/calibration/{name}.json", calibration)
+    _write("metrics/suspects.json", SUSPECTS)
     _write("metrics/predictions/stamp.json", {"evaluation": "evaluation-1"})
     for name, epochs in EPOCHS.items():
         for seed, (best, run) in zip(SEEDS, epochs, strict=True):
@@ -137,19 +187,15 @@ def write_inputs(accuracy: dict | None = None, b: int = 1, c: int = 3) -> None:
     wrong = {a: LABELS[(LABELS.index(a) + 1) % 3] for a in LABELS}
     base = [a if i < b or i >= b + c else wrong[a] for i, a in enumerate(actual)]
     bi = [wrong[a] if i < b else a for i, a in enumerate(actual)]
-    for name, predicted in (
-        ("baseline", base),
-        ("birnn", bi),
-        ("stacked", actual),
-        ("window", actual),
-        ("reference", actual),
-        ("reference_tokens", actual),
-        ("fasttext", actual),
-    ):
+    predicted = {name: actual for name in (*MODELS, *compare.REFERENCES)} | {"baseline": base, "birnn": bi}
+    for name, labels in predicted.items():
         _write(
             f"metrics/predictions/{name}.json",
-            [{"actual": a, "predicted": p} for a, p in zip(actual, predicted, strict=True)],
+            [{"actual": a, "predicted": p, "probability": 0.75} for a, p in zip(actual, labels, strict=True)],
         )
+    texts = "".join(json.dumps({"text": f"Article {k}: {a} | news", "label": a}) + "\n" for k, a in enumerate(actual))
+    Path("data/prepared").mkdir(parents=True, exist_ok=True)
+    Path("data/prepared/test.jsonl").write_text(texts, encoding="utf-8")
 
 
 def _compare(seeds=SEEDS):
@@ -283,11 +329,14 @@ def test_compare_json_holds_only_the_headline(tiny_project):
     for name in models:
         if name in compare.REFERENCES:
             expected |= {f"{name}.{s}.{m}" for s in SPLITS for m in ("accuracy", "loss", "macro_f1")} | {f"{name}.gap"}
+            expected |= {f"{name}.test_ece.before", f"{name}.test_ece.after"}
         else:
             expected |= {
                 f"{name}.{s}.{m}.{k}" for s in SPLITS for m in ("accuracy", "loss", "macro_f1") for k in ("mean", "sd")
             }
             expected |= {f"{name}.gap.mean", f"{name}.gap.sd"}
+            # Of calibration, the mean test ECE before and after temperature scaling: no spread, no per-article list.
+            expected |= {f"{name}.test_ece.before.mean", f"{name}.test_ece.after.mean"}
     for name in ("window", "birnn", "stacked"):
         for target in ("min_val_accuracy", "max_train_accuracy", "max_parameter_ratio"):
             expected |= {f"targets.{name}.{target}.{k}" for k in ("value", "met", "seeds_met")}
@@ -380,6 +429,12 @@ def test_report_cells_are_mean_plus_minus_sd(tiny_project):
 
 def test_one_seed_has_no_spread_and_no_t_test(tiny_project):
     write_inputs()
+    for name in MODELS:  # as evaluate writes it with train.seeds [8]: the served seed is 8
+        data = json.loads(Path(f"metrics/calibration/{name}.json").read_text())
+        _write(
+            f"metrics/calibration/{name}.json",
+            {**data, "served_seed": 8, "checkpoint_sha256": _checkpoint_sha(name, "8")},
+        )
     headline, details, report = _compare(seeds=(8,))
     assert headline["seeds"] == 1
     assert headline["birnn"]["val"]["accuracy"] == {"mean": 0.88, "sd": 0.0}
@@ -497,7 +552,7 @@ def test_compare_reads_what_the_real_stages_write(tiny_project):
     runner = CliRunner()
     seeds = ("7", "8")
     runs = [["train", m] for m in MODELS]
-    for args in (["download"], ["prepare"], *runs, ["evaluate"], ["compare"]):
+    for args in (["download"], ["prepare"], *runs, ["evaluate"], ["suspects"], ["compare"]):
         result = runner.invoke(app, args)
         assert result.exit_code == 0, (args, result.output)
     headline = json.loads(Path("metrics/compare.json").read_text())
@@ -535,7 +590,7 @@ def test_a_train_run_stopped_between_its_outputs_is_refused_after_evaluate(tiny_
     runner = CliRunner()
     _set_seeds((7,))
     runs = [["train", m] for m in MODELS]
-    for args in (["download"], ["prepare"], *runs, ["evaluate"], ["compare"]):
+    for args in (["download"], ["prepare"], *runs, ["evaluate"], ["suspects"], ["compare"]):
         assert runner.invoke(app, args).exit_code == 0, args
     old_summary = Path("metrics/train/birnn/seed7.json").read_bytes()
     old_stamp = Path("dvclive/birnn/seed7/run.json").read_bytes()
@@ -555,3 +610,122 @@ def test_a_train_run_stopped_between_its_outputs_is_refused_after_evaluate(tiny_
         "from elsewhere; rerun `dvc repro`)\n"
     )
     assert {p: p.read_bytes() for p in Path("metrics").rglob("*") if p.is_file()} == before
+
+
+def test_calibration_is_summarised_across_seeds_and_reported(tiny_project):
+    write_inputs()
+    headline, details, report = _compare()
+    birnn = details["calibration"]["birnn"]
+    # birnn test accuracy 0.85, 0.87, 0.86: ECE (1 - acc) / 4 before, half of that after.
+    assert birnn["temperature"] == {"mean": 1.5, "sd": 0.0, "min": 1.5, "max": 1.5}
+    assert birnn["test"]["ece"]["mean"] == pytest.approx(0.035, abs=1e-6)
+    assert birnn["test"]["ece_scaled"]["mean"] == pytest.approx(0.0175, abs=1e-6)
+    assert birnn["val"]["loss_scaled"]["mean"] == pytest.approx(0.9 * 0.14, abs=1e-6)
+    assert headline["birnn"]["test_ece"] == {"before": {"mean": 0.035}, "after": {"mean": 0.0175}}
+    assert headline["reference"]["test_ece"] == {"before": 0.01, "after": 0.005}
+    assert "## Calibration" in report
+    # T | val ECE, after | test ECE, after (in %) | test NLL, after
+    row = "| After: BiRNN with dropout | 1.50 ± 0.00 | 3.5 ± 0.5 | 1.8 ± 0.2 | 3.5 ± 0.2 | 1.8 ± 0.1 | 0.140 ± 0.010 "
+    assert row + "| 0.126 ± 0.009 |" in report
+    assert (
+        "![Reliability diagrams, test split, before and after temperature scaling](figures/reliability.png)" in report
+    )
+    assert Path("metrics/figures/reliability.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_errors_file_lists_every_misclassified_test_article(tiny_project):
+    write_inputs(b=2, c=3)
+    _, details, report = _compare()
+    rows = [json.loads(line) for line in Path("metrics/errors.jsonl").read_text(encoding="utf-8").splitlines()]
+    predictions = {m: json.loads(Path(f"metrics/predictions/{m}.json").read_text()) for m in MODELS}
+    texts = [json.loads(line)["text"] for line in Path("data/prepared/test.jsonl").read_text().splitlines()]
+    expected = [
+        {"model": m, "line": k + 1, "actual": r["actual"], "predicted": r["predicted"], "probability": 0.75}
+        | {"text": texts[k][:200]}
+        for m in MODELS
+        for k, r in enumerate(predictions[m])
+        if r["actual"] != r["predicted"]
+    ]
+    assert rows == expected and {r["model"] for r in rows} == {"baseline", "birnn"}
+    # The baseline misses documents 3-5 (c = 3), the BiRNN documents 1-2 (b = 2): no document is missed by all.
+    assert [r["line"] for r in rows if r["model"] == "baseline"] == [3, 4, 5]
+    assert details["errors"]["per_model"]["baseline"] == 3 and details["errors"]["every_model_wrong"] == []
+    errors_md = Path("metrics/errors.md").read_text(encoding="utf-8")
+    assert "| 3 | tech | money | 0.750 | Article 2: tech \\| news |" in errors_md  # pipes escaped
+    assert "## Articles every RNN model gets wrong (0)" in errors_md
+    pairs = details["errors"]["pairs"]
+    assert sum(p["errors"] for p in pairs) == len(rows)
+    assert pairs[0]["errors"] >= pairs[-1]["errors"]
+    assert "[errors.md](errors.md)" in report and "[suspects.md](suspects.md)" in report
+    assert "cleanlab flags **1 of 40 training articles**" in report
+    suspects = Path("metrics/suspects.md").read_text(encoding="utf-8")
+    assert "| 4 | tech | sport | 0.050 | 0.900 | Goal \\| match |" in suspects
+
+
+def test_articles_every_model_gets_wrong_and_a_class_without_test_article(tiny_project):
+    write_inputs()
+    actual = [r["actual"] for r in json.loads(Path("metrics/predictions/birnn.json").read_text())]
+    for name in (*MODELS, *compare.REFERENCES):
+        rows = json.loads(Path(f"metrics/predictions/{name}.json").read_text())
+        if name in MODELS or name == "fasttext":  # the first document: wrong everywhere but in two references
+            rows[0]["predicted"] = "money" if rows[0]["actual"] != "money" else "tech"
+        _write(f"metrics/predictions/{name}.json", rows)
+        scores = json.loads(Path(f"metrics/scores/{name}.json").read_text())
+        for run in scores["seeds"].values():
+            for split in SPLITS:  # a fourth label that has no test document
+                run[split]["per_class"]["weather"] = {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+        _write(f"metrics/scores/{name}.json", scores)
+    _, details, report = _compare()
+    every = details["errors"]["every_model_wrong"]
+    assert [e["line"] for e in every] == [1] and every[0]["actual"] == actual[0]
+    assert every[0]["references_wrong"] == ["fasttext"]
+    assert details["errors"]["without_test_article"] == ["weather"]
+    assert details["errors"]["per_class"]["weather"] == {"articles": 0, "errors": 0}
+    errors_md = Path("metrics/errors.md").read_text(encoding="utf-8")
+    assert "| weather | 0 | no test article |" in errors_md
+    assert "No test article has the class `weather`" in errors_md
+    assert "No test article has the class `weather`: its test scores are not measured." in report
+    assert "nan" not in errors_md.lower() and "NaN" not in Path("metrics/details.json").read_text()
+
+
+def _calibration_of_another_evaluation():
+    data = json.loads(Path("metrics/calibration/stacked.json").read_text())
+    _write("metrics/calibration/stacked.json", {**data, "temperature": 2.0})
+
+
+def _predictions_without_probability():
+    rows = json.loads(Path("metrics/predictions/window.json").read_text())
+    _write("metrics/predictions/window.json", [{"actual": r["actual"], "predicted": r["predicted"]} for r in rows])
+
+
+def _texts_of_other_articles():
+    lines = Path("data/prepared/test.jsonl").read_text().splitlines()
+    Path("data/prepared/test.jsonl").write_text("\n".join(lines[1:]) + "\n")
+
+
+def _no_suspects():
+    Path("metrics/suspects.json").unlink()
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (
+            _calibration_of_another_evaluation,
+            "metrics/calibration/stacked.json and metrics/scores/stacked.json come from different runs",
+        ),
+        (_predictions_without_probability, 'metrics/predictions/window.json: expected a list of {"actual"'),
+        (_texts_of_other_articles, "data/prepared/test.jsonl: does not match metrics/predictions/ row for row"),
+        (_no_suspects, "metrics/suspects.json: suspect labels not found"),
+    ],
+)
+def test_bad_calibration_errors_or_suspects_inputs_fail_with_one_line(tiny_project, damage, message):
+    _set_seeds(SEEDS)
+    write_inputs()
+    damage()
+    result = CliRunner().invoke(app, ["compare"])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    for name in ("compare.json", "report.md", "errors.md", "suspects.md", "figures"):
+        assert not Path("metrics", name).exists()

@@ -1,9 +1,10 @@
 """The real `dvc` driving the real `pipeline` CLI in a temporary git repo, on the tiny corpus.
 
 One test, in the order a user works: reproduce (one training stage per model, each training every
-seed), reproduce again (nothing runs), change a BiRNN param (only the BiRNN's stage and what reads it
-rerun; the metrics diff shows only headline figures), add a seed (every model retrains, the other
-seeds' checkpoints come out byte-identical), draw the plots.
+seed; the served checkpoints carry their temperature; the errors and suspect lists are written and
+linked), reproduce again (nothing runs), change a BiRNN param (only the BiRNN's stage and what reads
+it rerun, the BiRNN alone republished; the metrics diff shows only headline figures), add a seed
+(every model retrains, the other seeds' checkpoints come out byte-identical), draw the plots.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import ROOT
 from dvc_repo import BIN, ran, repo_env, runner, write_project
@@ -29,8 +31,18 @@ def _runs(models=MODELS) -> set[str]:
 
 
 # check-params runs first on any change to params.yaml; its output never changes.
-ALL_STAGES = {"check-params", "download", "prepare", *_runs(), *(f"publish@{m}" for m in MODELS), "evaluate", "compare"}
-AFTER_BIRNN = {"check-params", *_runs(["birnn"]), "publish@birnn", "evaluate", "compare"}
+ALL_STAGES = {
+    "check-params",
+    "download",
+    "prepare",
+    *_runs(),
+    "evaluate",
+    *(f"publish@{m}" for m in MODELS),
+    "suspects",
+    "compare",
+}
+# The BiRNN's calibration file alone changes, so the BiRNN alone is republished; suspects reads no model.
+AFTER_BIRNN = {"check-params", *_runs(["birnn"]), "evaluate", "publish@birnn", "compare"}
 
 
 def _edit_params(repo: Path, edit) -> None:
@@ -84,9 +96,14 @@ def test_dvc_repro_seeds_metrics_and_plots(tmp_path):
     for model in MODELS:
         runs = {p.name for p in (repo / "models" / model).glob("seed*.pt")}
         assert runs == {f"seed{s}.pt" for s in SEEDS}
-        served = (repo / "models" / f"{model}.pt").read_bytes()
-        assert served == (repo / "models" / model / f"seed{SEEDS[0]}.pt").read_bytes()
-        assert served != (repo / "models" / model / f"seed{SEEDS[1]}.pt").read_bytes()
+        # The served checkpoint: the first seed's run with the temperature evaluate fitted for it.
+        served = torch.load(repo / "models" / f"{model}.pt", weights_only=True)
+        first = torch.load(repo / "models" / model / f"seed{SEEDS[0]}.pt", weights_only=True)
+        second = torch.load(repo / "models" / model / f"seed{SEEDS[1]}.pt", weights_only=True)
+        fitted = json.loads((repo / "metrics" / "calibration" / f"{model}.json").read_text())["temperature"]
+        assert served.pop("temperature") == fitted > 0 and "temperature" not in first
+        assert served.keys() == first.keys() and served["seed"] == first["seed"] != second["seed"]
+        assert all(torch.equal(served["model"][k], first["model"][k]) for k in first["model"])
         for seed in SEEDS:
             assert (repo / "dvclive" / model / f"seed{seed}" / "plots" / "metrics" / "val" / "loss.tsv").is_file()
             assert (repo / "metrics" / "train" / model / f"seed{seed}.json").is_file()
@@ -98,6 +115,21 @@ def test_dvc_repro_seeds_metrics_and_plots(tmp_path):
     assert "| After: BiRNN" in report and " ± " in report
     assert "![Test confusion matrices](figures/confusion_matrices.png)" in report
     assert (repo / "metrics" / "figures" / "confusion_matrices.png").read_bytes()[:4] == b"\x89PNG"
+    # Calibration, the errors and the suspect labels, on the tiny corpus: written, linked, no NaN.
+    assert "## Calibration" in report and "[errors.md](errors.md)" in report and "[suspects.md](suspects.md)" in report
+    assert (repo / "metrics" / "figures" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    errors = [json.loads(line) for line in (repo / "metrics" / "errors.jsonl").read_text().splitlines()]
+    predictions = json.loads((repo / "metrics" / "predictions" / "birnn.json").read_text())
+    assert sum(row["model"] == "birnn" for row in errors) == sum(r["actual"] != r["predicted"] for r in predictions)
+    assert "# Misclassified test articles" in (repo / "metrics" / "errors.md").read_text(encoding="utf-8")
+    suspects = json.loads((repo / "metrics" / "suspects.json").read_text())
+    assert (
+        suspects["searched"]
+        and suspects["articles"]
+        == json.loads((repo / "data" / "prepared" / "stats.json").read_text())["splits"]["train"]["size"]
+    )
+    for path in (repo / "metrics").rglob("*.json"):
+        assert "NaN" not in path.read_text(), path
     commit("first run")
     again = dvc("repro")
     assert ran(again) == set()
@@ -143,6 +175,7 @@ def test_dvc_repro_seeds_metrics_and_plots(tmp_path):
     assert changed and changed <= _leaves(headline)
     assert all(key.startswith(("birnn.", "targets.birnn.")) for key in changed), changed
     assert {"birnn.val.loss.mean", "birnn.train.loss.mean"} <= changed
+    assert not any(key.startswith(("birnn.per_class", "errors", "suspects")) for key in changed)
     commit("dropout 0.2")
 
     # 4. A seed more: every model's stage trains all its seeds again, and the seeds it had come out
@@ -169,6 +202,10 @@ def test_dvc_repro_seeds_metrics_and_plots(tmp_path):
         for model in PLOTTED:
             for split in ("train", "val"):
                 assert any(f.endswith(f"{model}/seed7/plots/metrics/{split}/{curve}") for f in files), files
+    reliability = by_title["Reliability (test, served seed)"]
+    rows = reliability["data"]["values"]
+    assert {row["filename"].split("/")[-1] for row in rows} == {f"{m}.json" for m in (*PLOTTED, "reference")}
+    assert {row["scaling"] for row in rows} == {"before", "after"} and all("accuracy" in row for row in rows)
     confusion = by_title["Test confusion matrices"]
     assert {row["filename"].split("/")[-1] for row in confusion["data"]["values"]} == {
         "baseline.json",
@@ -179,3 +216,4 @@ def test_dvc_repro_seeds_metrics_and_plots(tmp_path):
     }
     assert "facet" in confusion  # the confusion template: one matrix per file and revision
     assert "predicted" not in json.dumps([s for t, s in by_title.items() if t != "Test confusion matrices"])
+    assert "Reliability (test, served seed)" in by_title

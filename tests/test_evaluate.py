@@ -1,6 +1,7 @@
 """evaluate stage on the tiny corpus: every seed of every model, the references, agreement with
-sklearn and with each run's checkpoint, what reference_tokens reads, refusals (fastText's own
-checks: test_fasttext.py)."""
+sklearn and with each run's checkpoint, what reference_tokens reads, calibration (each run's
+temperature, ECE and NLL before and after, the served seed's calibration file), refusals
+(fastText's own checks: test_fasttext.py)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from pipeline.core import layout
 from pipeline.core import params as params_module
 from pipeline.data.splits import load_split
 from pipeline.data.text import UNK, Vocab, tokenise
+from pipeline.model import calibration
 from pipeline.model.checkpoints import load_checkpoint
 from pipeline.model.network import ModelConfig, RNNClassifier, predict_logits
 from pipeline.stages import download, evaluate, prepare, train
@@ -90,6 +92,9 @@ def test_scores_cover_every_seed_of_every_model_and_both_references(trained):
     assert sorted(p.name for p in Path("metrics/predictions").iterdir()) == sorted(
         [*(f"{n}.json" for n in MODELS + REFERENCES), "stamp.json"]
     )
+    assert sorted(p.name for p in Path("metrics/calibration").iterdir()) == sorted(
+        f"{n}.json" for n in MODELS + REFERENCES
+    )
     stamp = _json("metrics/predictions/stamp.json")["evaluation"]
     for name in MODELS + REFERENCES:
         scores = _json(f"metrics/scores/{name}.json")
@@ -103,9 +108,13 @@ def test_scores_cover_every_seed_of_every_model_and_both_references(trained):
         assert scores["served_seed"] == int(expected_seeds[0])
         assert scores["trainable_parameters"] > 0
         for run in scores["seeds"].values():
-            assert list(run) == list(SPLITS)
-            for split, m in run.items():
-                for key in ("accuracy", "macro_f1"):
+            assert list(run) == [*SPLITS, "calibrated"]
+            calibrated = run["calibrated"]
+            assert list(calibrated) == ["temperature", "val", "test"] and calibrated["temperature"] > 0
+            assert all(set(calibrated[s]) == {"loss", "ece"} for s in ("val", "test"))
+            for split in SPLITS:
+                m = run[split]
+                for key in ("accuracy", "macro_f1", "ece"):
                     assert 0 <= m[key] <= 1
                 assert m["loss"] > 0
                 assert list(m["per_class"]) == labels
@@ -116,7 +125,8 @@ def test_scores_cover_every_seed_of_every_model_and_both_references(trained):
                 assert [c["support"] for c in m["per_class"].values()] == cm.sum(1).tolist()
         predictions = _json(f"metrics/predictions/{name}.json")
         assert len(predictions) == sizes["test"]
-        assert all(set(row) == {"actual", "predicted"} for row in predictions)
+        assert all(set(row) == {"actual", "predicted", "probability"} for row in predictions)
+        assert all(0 < row["probability"] <= 1 for row in predictions)
         assert {row["actual"] for row in predictions} <= set(labels)
     for name in MODELS:
         ckpt = load_checkpoint(layout.run_checkpoint(name, 7))
@@ -252,7 +262,7 @@ def _untimed(path: Path) -> bytes:
 def test_same_inputs_give_identical_bytes(trained):
     evaluate.run(trained)
     paths = sorted(Path("metrics").rglob("*.json"))
-    assert len(paths) == 2 * len(MODELS + REFERENCES) + 1  # and the predictions' stamp.json
+    assert len(paths) == 3 * len(MODELS + REFERENCES) + 1  # and the predictions' stamp.json
     first = {p: _untimed(p) for p in paths}
     evaluate.run(trained)
     assert {p: _untimed(p) for p in sorted(Path("metrics").rglob("*.json"))} == first
@@ -313,3 +323,64 @@ def test_refuses_a_run_from_other_prepared_data(trained, damage, message):
     if damage is not _a_seed_not_trained:
         assert "retrain with `dvc repro`" in result.stderr
     assert not Path("metrics").exists()  # nothing is published on refusal
+
+
+def test_each_run_is_calibrated_on_its_own_validation_logits(trained):
+    evaluate.run(trained)
+    labels = _json("data/prepared/labels.json")
+    y = {split: np.load(f"data/prepared/{split}.npz")["labels"] for split in ("val", "test")}
+    for name in ("baseline", "birnn", "window"):
+        scores = _json(f"metrics/scores/{name}.json")
+        for seed in SEEDS:
+            run = scores["seeds"][str(seed)]
+            temperature = run["calibrated"]["temperature"]
+            logits = {split: _run_logits(name, seed, split).double().numpy() for split in y}
+            # Fitted on val alone (the logits here come in other batches: equal to float32 rounding).
+            assert temperature == pytest.approx(calibration.fit_temperature(logits["val"], y["val"]), rel=1e-4)
+            for split in ("val", "test"):
+                raw = calibration.softmax(logits[split])
+                scaled = calibration.softmax(logits[split], temperature)
+                assert run[split]["ece"] == pytest.approx(calibration.calibration_error(raw, y[split]), abs=1e-6)
+                assert run["calibrated"][split]["ece"] == pytest.approx(
+                    calibration.calibration_error(scaled, y[split]), abs=1e-6
+                )
+                nll = log_loss(y[split], scaled, labels=range(len(labels)))
+                assert run["calibrated"][split]["loss"] == pytest.approx(nll, abs=1e-5)
+            # Fitted on val: the val NLL can only go down.
+            assert run["calibrated"]["val"]["loss"] <= run["val"]["loss"] + 1e-6
+        served = _json(f"metrics/calibration/{name}.json")
+        assert served["served_seed"] == SEEDS[0]
+        assert served["temperature"] == scores["seeds"][str(SEEDS[0])]["calibrated"]["temperature"]
+        assert served["checkpoint_sha256"] == scores["checkpoint_sha256"][str(SEEDS[0])]
+        assert {b["scaling"] for b in served["bins"]} == {"before", "after"}
+        for scaling in ("before", "after"):
+            assert sum(b["count"] for b in served["bins"] if b["scaling"] == scaling) == len(y["test"])
+        # The predictions' probability is the served (scaled) probability of the predicted class.
+        logits = _run_logits(name, SEEDS[0], "test").double().numpy()
+        scaled = calibration.softmax(logits, served["temperature"])
+        rows = _json(f"metrics/predictions/{name}.json")
+        assert [r["probability"] for r in rows] == pytest.approx(scaled.max(1).tolist(), abs=1e-6)
+    for name in REFERENCES:
+        served = _json(f"metrics/calibration/{name}.json")
+        assert served["served_seed"] == 0 and "checkpoint_sha256" not in served
+        assert served["temperature"] == _json(f"metrics/scores/{name}.json")["seeds"]["0"]["calibrated"]["temperature"]
+
+
+def test_a_class_with_no_test_article_is_scored_without_nan(tiny_project):
+    """A fourth class of three documents: prepare's split rounds its test share to none."""
+    docs = make_corpus() + [{"text": f"Rain wind storm cloud forecast {k}.", "label": "weather"} for k in range(3)]
+    Path("corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    raw = tiny_params_dict()
+    raw["train"]["seeds"] = [7]
+    params = params_module.parse(raw)
+    _train_everything(tiny_project, params)
+    with contextlib.redirect_stdout(stdio.StringIO()):
+        evaluate.run(params)
+    labels = _json("data/prepared/labels.json")
+    test_labels = np.load("data/prepared/test.npz")["labels"]
+    assert "weather" in labels and labels.index("weather") not in test_labels
+    for path in Path("metrics").rglob("*.json"):
+        assert "NaN" not in path.read_text() and "Infinity" not in path.read_text(), path
+    run = _json("metrics/scores/birnn.json")["seeds"]["7"]
+    assert run["test"]["per_class"]["weather"]["support"] == 0
+    assert 0 <= run["test"]["ece"] <= 1 and 0 <= run["calibrated"]["test"]["ece"] <= 1

@@ -8,6 +8,7 @@ with `re` and `unicodedata` as it describes. One such process serves every test 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -46,7 +47,10 @@ COMBINATIONS = [
     ("lstm", "mean", True, 2),
     ("lstm", "max", False, 1),
 ]
-GOOD_ROWS = [0, 5]  # of the batch that breaks the inputs' rules in its other rows
+GOOD_ROWS = [0, 5]
+TEMPERATURE = (
+    2.5  # of the CLI-exported served checkpoint  # of the batch that breaks the inputs' rules in its other rows
+)
 MAX_LEN = 40
 # (lengths, steps): every length 1..MAX_LEN in one batch, mixed lengths with padding, no padding
 # at all, padding past the longest text, a single token.
@@ -167,12 +171,16 @@ def served(tmp_path_factory) -> dict:
     # The CLI with its defaults, in a project folder: models/birnn.pt -> exported/birnn.{onnx,json}.
     project = root / "project"
     (project / "models").mkdir(parents=True)
-    save_random_checkpoint(project / "models/birnn.pt", max_len=5, keep="tail", bidirectional=True, readout="max")
+    # A served checkpoint: publish has written its temperature into it.
+    save_random_checkpoint(
+        project / "models/birnn.pt", max_len=5, keep="tail", bidirectional=True, readout="max", temperature=TEMPERATURE
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(project)
         result = CliRunner().invoke(app, ["export"])
         clf = load_classifier(Path("models/birnn.pt"))
         predicted = probabilities(clf, TEXTS, workers=1)[0].tolist()
+        unscaled = probabilities(dataclasses.replace(clf, temperature=1.0), TEXTS, workers=1)[0].tolist()
     assert result.exit_code == 0, result.output
     exported = project / "exported"
     # Rows that break the inputs' rules beside good ones: lengths 0 and past the steps, ids -1 and past the vocabulary.
@@ -184,8 +192,8 @@ def served(tmp_path_factory) -> dict:
     job["logits"].append(
         [str(exported / "birnn.onnx"), [[str(root / f"bad.{a}.npy") for a in ("ids", "lengths", "logits")]]]
     )
-    with torch.no_grad():
-        expected["birnn", 0] = clf.model(ids[GOOD_ROWS], lengths_t[GOOD_ROWS]).numpy()
+    with torch.no_grad():  # the served model's logits are divided by its temperature
+        expected["birnn", 0] = clf.model(ids[GOOD_ROWS], lengths_t[GOOD_ROWS]).numpy() / TEMPERATURE
     job["texts"] = [str(exported / "birnn.onnx"), str(exported / "birnn.json"), str(root / "texts.json")]
     job["input_texts"] = TEXTS
 
@@ -201,6 +209,7 @@ def served(tmp_path_factory) -> dict:
         "got": got,
         "texts": json.loads((root / "texts.json").read_text()),
         "predicted": predicted,
+        "unscaled": unscaled,
         "project": project,
         "exported": exported,
         "checkpoint": project / "models/birnn.pt",
@@ -243,6 +252,9 @@ def test_a_client_without_torch_or_the_package_classifies_texts_like_predict(ser
     assert len(texts["probabilities"]) == len(TEXTS)
     for got, expected in zip(texts["probabilities"], served["predicted"], strict=True):
         assert got == pytest.approx(expected, abs=1e-5)
+    # The temperature is in the graph: without it the probabilities would be others.
+    for got, unscaled in zip(texts["probabilities"], served["unscaled"], strict=True):
+        assert got != pytest.approx(unscaled, abs=1e-3)
 
 
 def test_the_sidecar_holds_vocabulary_labels_encoding_and_tokenizer(served):
@@ -251,6 +263,7 @@ def test_the_sidecar_holds_vocabulary_labels_encoding_and_tokenizer(served):
     assert side["vocab"] == ckpt["vocab"] and side["labels"] == ckpt["labels"]
     assert side["encoding"]["max_len"] == 5 and side["encoding"]["keep"] == "tail"
     assert (side["encoding"]["pad_id"], side["encoding"]["unk_id"]) == (0, 1)
+    assert side["temperature"] == TEMPERATURE == ckpt["temperature"]
     assert side["model_sha256"] == hashlib.sha256((served["exported"] / "birnn.onnx").read_bytes()).hexdigest()
     assert side["checkpoint"]["sha256"] == files.sha256_file(served["checkpoint"])
     # The model file carries the same sidecar, less the hash of itself.

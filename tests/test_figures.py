@@ -12,6 +12,7 @@ import pytest
 
 from pipeline.core import files
 from pipeline.core.errors import UserError
+from pipeline.core.layout import MODEL_NAMES
 from pipeline.report import figures
 
 MODELS = ("baseline", "birnn", "stacked")
@@ -162,6 +163,33 @@ def test_seed_spread_draws_every_seed_and_says_how_many():
     assert len(re.findall(r'aria-roledescription="circle"', svg)) == 3 * 8
 
 
+RELIABILITY = {
+    "baseline": [
+        {"scaling": "before", "confidence": 0.95, "accuracy": 0.7, "count": 20},
+        {"scaling": "before", "confidence": 0.55, "accuracy": 0.5, "count": 4},
+        {"scaling": "after", "confidence": 0.75, "accuracy": 0.7, "count": 20},
+        {"scaling": "after", "confidence": 0.45, "accuracy": 0.5, "count": 4},
+    ],
+    "birnn": [{"scaling": "before", "confidence": 0.9, "accuracy": 0.9, "count": 24}],
+}
+
+
+def test_reliability_diagrams_one_panel_per_model_before_and_after_scaling(tmp_path):
+    spec = figures.reliability_spec(RELIABILITY)
+    assert len(spec["data"]["values"]) == 5
+    assert set(svg_texts(spec, "role-title-text")) >= set(RELIABILITY)  # one panel per model, by name
+    assert set(svg_texts(spec, "role-legend-label")) >= {"before", "after temperature scaling"}
+    assert set(svg_texts(spec, "role-axis-title")) == {"Mean confidence", "Accuracy"}
+    svg = _svg(spec)
+    assert len(re.findall(r'aria-roledescription="circle"', svg)) == 5  # a dot per bin
+    drawn = figures.write(tmp_path / "figures", CURVES, PREDICTIONS, SEEDS, reliability=RELIABILITY)
+    path = drawn["Reliability diagrams, test split, before and after temperature scaling"]
+    assert path.name == figures.RELIABILITY
+    width, height = png_size(path.read_bytes())
+    assert width >= 600 and height >= 200
+    assert figures.render_png(spec) == figures.render_png(figures.reliability_spec(RELIABILITY))
+
+
 def test_seed_spread_with_one_seed_per_model_still_draws():
     one = {"baseline": SEEDS["baseline"], "birnn": SEEDS["birnn"][:1]}
     spec = figures.seed_spread_spec(one)
@@ -177,6 +205,7 @@ def test_seed_spread_with_one_seed_per_model_still_draws():
         lambda: figures.learning_curves_spec({"baseline": []}),
         lambda: figures.confusion_spec({"baseline": []}),
         lambda: figures.seed_spread_spec({}),
+        lambda: figures.reliability_spec({"birnn": []}),
     ],
 )
 def test_nothing_to_draw_is_a_clear_error(call):
@@ -228,8 +257,9 @@ def test_compare_draws_and_embeds_the_figures_from_the_real_stages(tiny_project)
         ["download"],
         ["prepare"],
         *(["train", m] for m in ALL_MODELS),  # every seed of each, as dvc.yaml's train stage
-        *(["publish", m] for m in ALL_MODELS),
         ["evaluate"],
+        *(["publish", m] for m in ALL_MODELS),  # after evaluate: it serves the fitted temperature
+        ["suspects"],
         ["compare"],
     ]
     for args in steps:
@@ -242,6 +272,7 @@ def test_compare_draws_and_embeds_the_figures_from_the_real_stages(tiny_project)
         "figures/learning_curves.png",
         "figures/confusion_matrices.png",
         "figures/seed_spread.png",
+        "figures/reliability.png",
         "figures/ladder.png",  # every rung of the ablation ladder was trained
     ]
     for _, path in embedded:  # relative to the report, as a Markdown viewer resolves it

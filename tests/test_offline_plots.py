@@ -59,13 +59,21 @@ def _plots() -> list[tuple[str, dict]]:
 
 
 def _write_data(repo: Path, rng: random.Random) -> None:
-    """Made-up data in the format of each file: a DVCLive TSV, or evaluate's predictions JSON."""
+    """Made-up data in the format of each file: a DVCLive TSV, evaluate's predictions JSON, or its
+    calibration JSON (reliability bins before and after temperature scaling)."""
     labels = ["business", "politics", "sport", "tech"]
     for _, spec in _plots():
         for name, field in spec["y"].items():
             path = repo / name
             path.parent.mkdir(parents=True, exist_ok=True)
-            if name.endswith(".tsv"):
+            if spec["template"] == "reliability":
+                bins = [
+                    {"scaling": scaling, spec["x"]: (k + rng.random()) / 15, field: rng.random(), "count": k + 1}
+                    for scaling in ("before", "after")
+                    for k in range(8, 15)
+                ]
+                path.write_text(json.dumps({"served_seed": 7, "temperature": 1.3, "bins": bins}), encoding="utf-8")
+            elif name.endswith(".tsv"):
                 rows = "".join(f"{step}\t{rng.random():.4f}\n" for step in range(1, 13))
                 path.write_text(f"{spec['x']}\t{field}\n{rows}", encoding="utf-8")
             else:
@@ -178,6 +186,12 @@ def _check_page(browser: str, page: Path, profile: Path, revisions: int) -> None
         models = {_model(f) for f in spec["y"]}
         axes = _texts(part, "role-axis-title")
         assert {spec["x_label"], spec["y_label"]} <= axes, (title, axes)
+        if spec["template"] == "reliability":
+            # One diagram per model and revision: a line per scaling, coloured, with its dots.
+            assert marks.get("line", 0) == len(models) * revisions, (title, marks)
+            assert models <= _texts(part, "role-title-text"), title
+            assert legend == {"before", "after temperature scaling"}, (title, legend)
+            continue
         if spec["template"] == "confusion_matrices":
             # One matrix per model and revision, every cell with its count.
             assert marks.get("rect", 0) == marks.get("text", 0) == len(models) * revisions, (title, marks)

@@ -1,6 +1,8 @@
-"""predict: labels new text with prepare's tokenizer and the checkpoint's own vocabulary.
+"""predict: labels new text with prepare's tokenizer and the checkpoint's own vocabulary, and
+scales its probabilities by the served checkpoint's temperature.
 
-One tiny BiRNN run is trained per module (a few seconds), published as models/birnn.pt and copied
+One tiny BiRNN run is trained per module (a few seconds), published with a temperature of 2 (the
+tiny validation split has no error, where evaluate's fit keeps 1) as models/birnn.pt and copied
 into each test's project, so a test that tampers with the model or the vocabulary leaves the
 others alone.
 """
@@ -19,6 +21,7 @@ from conftest import make_corpus, tiny_params_dict
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from pipeline.core import files, layout
 from pipeline.core import params as params_module
 from pipeline.data.splits import load_split
 from pipeline.data.text import Vocab, tokenise
@@ -28,6 +31,7 @@ from pipeline.stages import predict as predict_module
 from pipeline.stages.predict import load_classifier, probabilities
 
 MODEL = Path("models/birnn.pt")
+RUN = Path("models/birnn/seed7.pt")  # the run's own checkpoint: no temperature
 VOCAB = Path("data/prepared/vocab.json")
 TRAIN_TEXTS = Path("data/prepared/train.jsonl")
 
@@ -45,14 +49,19 @@ def trained(tmp_path_factory) -> Path:
         mp.chdir(root)
         download.run(params)
         prepare.run(params)
-        train.run(params, "birnn", params.train.seeds[0])
+        seed = params.train.seeds[0]
+        train.run(params, "birnn", seed)
+        # evaluate's calibration file for the served seed, as it writes it.
+        run = layout.run_checkpoint("birnn", seed)
+        calibrated = {"served_seed": seed, "checkpoint_sha256": files.sha256_file(run), "temperature": 2.0, "bins": []}
+        files.write_json(layout.calibration_file("birnn"), calibrated)
         publish.run(params, "birnn")
     return root
 
 
 @pytest.fixture
 def project(tiny_project, trained) -> Path:
-    for folder in ("data/prepared", "models"):
+    for folder in ("data/prepared", "models", "metrics"):
         shutil.copytree(trained / folder, tiny_project / folder)
     return tiny_project
 
@@ -109,7 +118,7 @@ def test_probabilities_match_the_prepared_arrays(project):
     # exactly the ids that prepare wrote, so predict agrees with training's own forward pass.
     clf = load_classifier(MODEL, VOCAB)
     split = load_split("train")
-    expected = predict_logits(clf.model, split.ids, split.lengths, 64).double().softmax(-1)
+    expected = (predict_logits(clf.model, split.ids, split.lengths, 64).double() / clf.temperature).softmax(-1)
     rows = _json("--file", str(TRAIN_TEXTS), "--top-k", "3")
     got = torch.tensor([[p[name] for name in clf.labels] for p in _probs(rows)]).double()
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
@@ -380,3 +389,48 @@ def test_indices_and_notes_run_across_chunks(project, monkeypatch):
     assert rows == _json(*texts)
     result = _cli("--file", "-", stdin="\n".join(texts) + "\n")
     assert "note: 3 text(s) (#2, #5, #7)" in result.stderr
+
+
+def test_the_served_checkpoint_carries_its_runs_temperature_and_predict_applies_it(project):
+    served, run = torch.load(MODEL, weights_only=True), torch.load(RUN, weights_only=True)
+    calibrated = json.loads(layout.calibration_file("birnn").read_text())
+    assert served["temperature"] == calibrated["temperature"] != 1.0 and "temperature" not in run
+    assert {k for k in served if k != "temperature"} == set(run)  # otherwise the run's checkpoint, as trained
+    for key in ("model",):
+        assert all(torch.equal(served[key][name], run[key][name]) for name in run[key])
+
+    texts = [d["text"] for d in _train_docs()] + TEXTS
+    scaled = _json("--top-k", "3", *texts)
+    raw = _json("--model", str(RUN), "--top-k", "3", *texts)
+    # One scalar divides the logits: the labels stay, the probabilities move.
+    assert [r["label"] for r in scaled] == [r["label"] for r in raw]
+    assert [r["probability"] for r in scaled] != pytest.approx([r["probability"] for r in raw], abs=1e-3)
+    clf = load_classifier(RUN)
+    ids, lengths = split_ids(clf, texts)
+    logits = predict_logits(clf.model, ids, lengths, 64).double()
+    expected = (logits / calibrated["temperature"]).softmax(-1)
+    got = torch.tensor([[p[name] for name in clf.labels] for p in _probs(scaled)]).double()
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+
+
+def split_ids(clf, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    from pipeline.data.text import encode
+
+    ids, lengths = encode([tokenise(t) for t in texts], clf.vocab, clf.max_len, clf.keep)
+    return torch.from_numpy(ids), torch.from_numpy(lengths)
+
+
+@pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan"), "2", True])
+def test_a_checkpoint_with_a_bad_temperature_is_refused(project, temperature):
+    _save_variant("hot.pt", temperature=temperature)
+    _one_line_refusal(_cli("--model", "hot.pt", "goal"), "hot.pt: its temperature must be a positive number")
+
+
+def test_publish_refuses_a_temperature_fitted_on_another_checkpoint(project):
+    path = layout.calibration_file("birnn")
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, "checkpoint_sha256": "0" * 64}))
+    before = MODEL.read_bytes()
+    result = CliRunner().invoke(app, ["publish", "birnn"])
+    _one_line_refusal(result, "metrics/calibration/birnn.json: fitted on another checkpoint than models/birnn/seed7.pt")
+    assert MODEL.read_bytes() == before

@@ -18,9 +18,9 @@ from __future__ import annotations
 import numpy as np
 
 BINS = 15  # the usual equal-width bins of the ECE (Guo et al., 2017)
-# Bounds of the inverse temperature 1 / T. On a split the model classifies without a mistake the
-# likelihood grows without end as T -> 0 (and with every text wrong, as T -> infinity): the
-# bounds keep T finite there; elsewhere the minimum lies well inside them.
+# Bounds of the inverse temperature 1 / T searched. On a split the model classifies without a
+# mistake the likelihood grows without end as T -> 0 (with every text wrong, as T -> infinity),
+# and no T is the best: where the minimum is not inside these bounds, T stays 1.
 MIN_INVERSE, MAX_INVERSE = 0.01, 100.0
 DIGITS = 6  # T is written and served at this many significant digits
 
@@ -50,7 +50,8 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> flo
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature T minimising nll(logits, labels, T), to DIGITS significant digits.
+    """The temperature T minimising nll(logits, labels, T), to DIGITS significant digits; 1 where
+    no T in [1 / MAX_INVERSE, 1 / MIN_INVERSE] is a minimum (a split without a mistake, say).
 
     The NLL is convex in 1 / T (a log-sum-exp of linear functions minus a linear one), so the
     bounded Brent search of scipy finds its one minimum; in float64 and without randomness, the
@@ -66,8 +67,11 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
         method="bounded",
         options={"xatol": 1e-10},
     )
+    inverse = float(found.x)
+    on_a_bound = not MIN_INVERSE * (1 + 1e-4) < inverse < MAX_INVERSE * (1 - 1e-4)
     # Never serve a worse temperature than none: keep T = 1 unless the fit improves on it.
-    inverse = float(found.x) if found.fun < nll(z, y) else 1.0
+    if on_a_bound or not found.fun < nll(z, y):
+        return 1.0
     return float(f"{1.0 / inverse:.{DIGITS}g}")
 
 

@@ -64,8 +64,11 @@ def find_suspects(y: np.ndarray, proba: np.ndarray) -> np.ndarray:
     """Indices of the articles cleanlab flags, most doubtful first."""
     from cleanlab.filter import find_label_issues
 
-    # One process: the same input gives the same list, and no worker is forked.
-    return np.asarray(find_label_issues(y, proba, return_indices_ranked_by="self_confidence", n_jobs=1))
+    # One process: the same input gives the same list, and no worker is forked. Its warning that a
+    # small class "may not flag all label issues" holds for any class of a few articles; left out.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="May not flag all label issues", category=UserWarning)
+        return np.asarray(find_label_issues(y, proba, return_indices_ranked_by="self_confidence", n_jobs=1))
 
 
 def run(params: Params) -> None:
