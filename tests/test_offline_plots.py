@@ -187,8 +187,9 @@ def _check_page(browser: str, page: Path, profile: Path, revisions: int) -> None
         axes = _texts(part, "role-axis-title")
         assert {spec["x_label"], spec["y_label"]} <= axes, (title, axes)
         if spec["template"] == "reliability":
-            # One diagram per model and revision: a line per scaling, coloured, with its dots.
-            assert marks.get("line", 0) == len(models) * revisions, (title, marks)
+            # One diagram per model and revision: a line per scaling (before, after), coloured, with its dots.
+            assert marks.get("line", 0) == 2 * len(models) * revisions, (title, marks)
+            assert marks.get("symbol", 0) == len(models) * revisions, (title, marks)
             assert models <= _texts(part, "role-title-text"), title
             assert legend == {"before", "after temperature scaling"}, (title, legend)
             continue
