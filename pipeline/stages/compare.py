@@ -38,7 +38,7 @@ import math
 import statistics
 from typing import Any
 
-from pipeline.core import files, layout, stamps
+from pipeline.core import calibrated, files, layout, stamps
 from pipeline.core.errors import UserError
 from pipeline.core.params import COUNTERFACTUALS, LADDER, MODELS, Params, Targets
 from pipeline.data.articles import read_texts
@@ -202,30 +202,18 @@ def pairs(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 
 def read_calibration(name: str, seeds: tuple[int, ...], scores: dict[str, Any]) -> list[dict[str, Any]]:
-    """The served seed's reliability bins from metrics/calibration/<name>.json, checked against
-    the scores file it must come from (`scores`, as read): the same temperature and checkpoint."""
-    path = layout.calibration_file(name)
-    data = files.read_json(path, "calibration")
+    """The served seed's reliability bins (metrics/calibration/<name>.json), checked against the
+    scores file it must come from (`scores`, as read): the same temperature and checkpoint."""
+    fitted = calibrated.read(name)
     served = "0" if name in REFERENCES else str(seeds[0])
-    fields = ("confidence", "accuracy", "count")
-    bins = data.get("bins") if isinstance(data, dict) else None
-    if not isinstance(bins, list) or not all(
-        isinstance(b, dict)
-        and b.get("scaling") in ("before", "after")
-        and all(isinstance(b.get(f), (int, float)) for f in fields)
-        for b in bins
-    ):
-        raise UserError(f"{path}: expected reliability bins; rerun `pipeline evaluate`")
-    same = _number(data, ("temperature",), path) == _number(
-        scores, ("seeds", served, "calibrated", "temperature"), path
-    )
+    path = SCORES_DIR / f"{name}.json"
+    same = fitted.temperature == _number(scores, ("seeds", served, "calibrated", "temperature"), path)
     if name not in REFERENCES:
-        same = same and data.get(stamps.KEY) == scores.get(stamps.KEY, {}).get(served)
+        same = same and fitted.checkpoint_sha256 == scores.get(stamps.KEY, {}).get(served)
     if not same:
-        raise UserError(
-            f"{path} and {SCORES_DIR / f'{name}.json'} come from different runs of `pipeline evaluate` ({stamps.RERUN})"
-        )
-    return bins
+        where = f"{layout.calibration_file(name)} and {path}"
+        raise UserError(f"{where} come from different runs of `pipeline evaluate` ({stamps.RERUN})")
+    return fitted.bins
 
 
 def calibration_summary(name: str, data: dict[str, Any], keys: list[str]) -> dict[str, Any]:

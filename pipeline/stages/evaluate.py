@@ -1,4 +1,4 @@
-"""evaluate stage: every run in models/<model>/seed<S>.pt + data/prepared/ -> metrics/scores/.
+"""evaluate stage: every run in models/<model>/seed<S>.pt + data/prepared/ -> metrics/{scores,predictions,calibration}/.
 
 Scores each model's run for every seed of train.seeds, and three references, on the train,
 val and test splits with scikit-learn: accuracy, loss (log loss, the mean cross-entropy, i.e. the
@@ -51,7 +51,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from pipeline.core import files, layout, stamps
+from pipeline.core import calibrated, files, layout, stamps
 from pipeline.core.errors import UserError
 from pipeline.core.params import MODELS, FastTextParams, Params, ReferenceParams
 from pipeline.data.articles import read_texts
@@ -134,13 +134,15 @@ def _predictions(y_true: np.ndarray, proba: np.ndarray, scaled: np.ndarray, labe
     ]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Scored:
-    """One run's scores on every split, calibrated, and what its served seed publishes."""
+    """One run's scores on every split, before and after temperature scaling, and what the served
+    seed's run publishes: its test predictions, temperature and reliability bins."""
 
     scores: dict
     predictions: list
-    calibration: dict
+    temperature: float
+    bins: list  # the test split's reliability bins, before and after scaling
 
 
 def score_run(
@@ -167,11 +169,7 @@ def score_run(
         for scaling, p in (("before", proba["test"]), ("after", scaled["test"]))
         for row in calibration.reliability(p, truth["test"])
     ]
-    return Scored(
-        scores,
-        _predictions(truth["test"], proba["test"], scaled["test"], labels),
-        {"temperature": temperature, "bins": bins},
-    )
+    return Scored(scores, _predictions(truth["test"], proba["test"], scaled["test"], labels), temperature, bins)
 
 
 def _summary_line(name: str, scores: dict) -> str:
@@ -190,7 +188,6 @@ def _scored(
     run = score_run(proba, {s: calibration.logits_of(proba[s]) for s in SPLITS}, truth, labels)
     print(_summary_line(name, run.scores))
     result = {"seeds": {"0": run.scores}, "trainable_parameters": int(n_weights), "served_seed": 0}
-    run.calibration = {"served_seed": 0, **run.calibration}
     return result, run
 
 
@@ -284,7 +281,6 @@ def run(params: Params) -> None:
             run = score_run(proba, {s: logits[s].numpy() for s in SPLITS}, truth, labels)
             runs[str(seed)] = run.scores
             if seed == seeds[0]:
-                run.calibration = {"served_seed": seed, stamps.KEY: scored[str(seed)], **run.calibration}
                 served[name] = run
             print(_summary_line(layout.run_name(name, seed), run.scores))
         results[name] = {
@@ -313,10 +309,14 @@ def run(params: Params) -> None:
     with (
         files.publish_dir(SCORES) as scores_dir,
         files.publish_dir(PREDICTIONS) as predicted,
-        files.publish_dir(layout.CALIBRATION) as calibrated,
+        files.publish_dir(layout.CALIBRATION) as calibration_dir,
     ):
         for name, result in results.items():
             files.write_json(scores_dir / f"{name}.json", {**result, **timing.get(name, {}), stamps.EVALUATION: stamp})
             files.write_json(predicted / f"{name}.json", served[name].predictions)
-            files.write_json(calibrated / f"{name}.json", served[name].calibration)
+            run = served[name]
+            seed, sha = (seeds[0], result[stamps.KEY][str(seeds[0])]) if name in MODELS else (0, None)
+            calibrated.write(
+                calibration_dir / f"{name}.json", calibrated.Calibrated(seed, sha, run.temperature, run.bins)
+            )
         files.write_json(predicted / stamps.PREDICTIONS_FILE, {stamps.EVALUATION: stamp})

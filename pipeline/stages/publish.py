@@ -9,9 +9,7 @@ exported model divide the logits. The run's own checkpoint is left as it is.
 
 from __future__ import annotations
 
-import math
-
-from pipeline.core import files, layout, stamps
+from pipeline.core import calibrated, files, layout
 from pipeline.core.errors import UserError
 from pipeline.core.params import Params
 from pipeline.model import checkpoints
@@ -19,18 +17,13 @@ from pipeline.model import checkpoints
 
 def served_temperature(name: str, seed: int, checkpoint_sha256: str) -> float:
     """The temperature evaluate fitted for this run, refused if it was fitted on another checkpoint."""
-    path = layout.calibration_file(name)
-    data = files.read_json(path, "calibration")
-    temperature = data.get("temperature") if isinstance(data, dict) else None
-    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not math.isfinite(temperature):
-        raise UserError(f"{path}: no finite temperature; rerun `pipeline evaluate`")
-    if temperature <= 0:
-        raise UserError(f"{path}: the temperature must be positive, got {temperature}; rerun `pipeline evaluate`")
-    if data.get("served_seed") != seed or data.get(stamps.KEY) != checkpoint_sha256:
+    fitted = calibrated.read(name)
+    if fitted.served_seed != seed or fitted.checkpoint_sha256 != checkpoint_sha256:
         raise UserError(
-            f"{path}: fitted on another checkpoint than {layout.run_checkpoint(name, seed)}; rerun `dvc repro`"
+            f"{layout.calibration_file(name)}: fitted on another checkpoint than {layout.run_checkpoint(name, seed)}; "
+            "rerun `dvc repro`"
         )
-    return float(temperature)
+    return fitted.temperature
 
 
 def run(params: Params, name: str) -> None:
