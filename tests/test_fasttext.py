@@ -57,7 +57,10 @@ def test_scores_have_the_references_format(prepared, capfd):
     assert scores["evaluation"] == _json("metrics/predictions/stamp.json")["evaluation"]
     assert isinstance(scores["train_seconds"], float) and scores["train_seconds"] > 0
     reference = _json("metrics/scores/reference.json")["seeds"]["0"]
-    for split, m in scores["seeds"]["0"].items():
+    assert list(scores["seeds"]["0"]) == list(reference) == ["train", "val", "test", "calibrated"]
+    assert list(scores["seeds"]["0"]["calibrated"]) == list(reference["calibrated"])
+    for split in ("train", "val", "test"):
+        m = scores["seeds"]["0"][split]
         assert list(m) == list(reference[split])
         assert 0 <= m["accuracy"] <= 1 and 0 <= m["macro_f1"] <= 1 and m["loss"] > 0
         assert list(m["per_class"]) == labels
