@@ -150,7 +150,7 @@ def suspects(params: ParamsPath = Path("params.yaml")) -> None:
 
 @app.command()
 def compare(params: ParamsPath = Path("params.yaml")) -> None:
-    """Walk the ablation ladder, check the starter experiment's targets, write metrics/compare.json, report.md and errors.md."""
+    """Walk the ablation ladder, check the starter experiment's targets, write the report and metrics/errors.md."""
     _run_stage("compare", params, ("compare", "train"))
 
 

@@ -12,7 +12,6 @@ import pytest
 
 from pipeline.core import files
 from pipeline.core.errors import UserError
-from pipeline.core.layout import MODEL_NAMES
 from pipeline.report import figures
 
 MODELS = ("baseline", "birnn", "stacked")

@@ -110,7 +110,10 @@ def test_two_queued_experiments_run_in_two_workers_with_one_thread_each(tmp_path
         # Workers exit on their own once the queue is empty; until then, count what runs at once.
         deadline = time.monotonic() + TIMEOUT_S
         while (seen := processes_in(repo)) and time.monotonic() < deadline:
-            runs_at_once = max(runs_at_once, sum(" exp exec-run " in cmd for cmd in seen.values()))
+            # One per experiment: a child forked by an exec-run shows its parent's command line
+            # until it execs, and is not a third experiment.
+            runs = [pid for pid, cmd in seen.items() if " exp exec-run " in cmd and seen.get(_parent(pid)) != cmd]
+            runs_at_once = max(runs_at_once, len(runs))
             forked = max(forked, forked_trainers(seen))
             time.sleep(0.02)
     finally:
