@@ -80,7 +80,7 @@ def parse(text: str, max_depth: int) -> Any:
     except YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or getattr(exc, "reason", None)
-        if problem and problem.startswith("maximum depth"):
+        if mark and problem and problem.startswith("maximum depth"):
             raise Refused(f"nested more than {max_depth} levels deep (line {mark.line + 1})") from None
         where = f" at line {mark.line + 1}" if mark else ""
         why = f" ({textwrap.shorten(problem, 80)})" if problem else ""
