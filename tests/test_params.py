@@ -491,3 +491,8 @@ def test_any_value_at_any_key_parses_or_is_one_line(path, value):
         P.parse(raw)
     except P.ParamsError as err:
         assert "\n" not in str(err) and len(str(err)) < 300
+
+
+def test_anchors_without_aliases_read_without_a_warning(recwarn):
+    assert safe_yaml.parse("a: &x 1\nb: &x 2\n", P.MAX_DEPTH) == {"a": 1, "b": 2}
+    assert not recwarn.list

@@ -26,6 +26,10 @@ class Refused(Exception):
 class _Composer(Composer):
     """ruamel.yaml's composer without aliases, and with each key of a mapping written once."""
 
+    def __init__(self, loader: Any = None) -> None:
+        super().__init__(loader)
+        self.warn_double_anchors = False  # an anchor without an alias is harmless: no warning on stderr
+
     def compose_node(self, parent: Any, index: Any) -> Any:
         event = self.parser.peek_event()
         if isinstance(event, AliasEvent):
