@@ -165,3 +165,48 @@ def test_scoring_across_ranks_counts_every_text_once():
     for rank in (0, 1):
         assert results[rank]["accuracy"] == pytest.approx(alone["accuracy"], abs=1e-12)
         assert results[rank]["loss"] == pytest.approx(alone["loss"], rel=1e-6)
+
+
+def _node(rank: int, port: int, log: Path) -> subprocess.Popen:
+    """One node's torchrun launcher, started the way docs/pipeline.md tells a user to on each machine."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), PYTHONUNBUFFERED="1")
+    command = [
+        *(sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"),
+        *("--node-rank", str(rank), "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}"),
+        *("--max-restarts", "0", "-m", "pipeline", "train", "birnn", "--seed", "7"),
+    ]
+    with log.open("w") as out:  # a file, not a pipe: neither node blocks on output nobody reads
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+# What differs between two runs of the same training: how long it took.
+TIMINGS = ("train_seconds", "tokens_per_second")
+
+
+def test_two_nodes_of_one_process_train_what_two_processes_on_one_node_train(two_processes, tmp_path_factory):
+    proc = _pipeline("train", "birnn", "--seed", "7")
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    one_node = Path("models/birnn/seed7.pt").read_bytes()
+    one_node_summary = files.read_json("metrics/train/birnn/seed7.json", "summary")
+    logs = tmp_path_factory.mktemp("nodes")
+    port = _free_port()
+    nodes = [_node(rank, port, logs / f"node{rank}.log") for rank in (0, 1)]
+    try:
+        deadline = time.monotonic() + 600
+        for node in nodes:
+            node.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)  # the launcher and its worker
+                node.wait()
+    for rank, node in enumerate(nodes):
+        assert node.returncode == 0, (logs / f"node{rank}.log").read_text()
+    assert Path("models/birnn/seed7.pt").read_bytes() == one_node
+    summary = files.read_json("metrics/train/birnn/seed7.json", "summary")
+    assert summary["processes"] == 2
+    assert {k: v for k, v in summary.items() if k not in TIMINGS} == {
+        k: v for k, v in one_node_summary.items() if k not in TIMINGS
+    }
+    assert set(summary) == set(one_node_summary)

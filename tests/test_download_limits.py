@@ -249,3 +249,51 @@ def test_an_archive_within_the_limits_still_unpacks(work, serve, monkeypatch):
     link, sha = serve("ok.tar.gz", _tar_gz([(_member("data.csv", pax_headers={"comment": "é"}), data)]))
     result = _cli(source="url", url=link, sha256=sha)
     assert result.exit_code == 0, result.output
+
+
+# The zip end records and the tar header budget are read with the formats' public layouts.
+
+
+def test_zip64_end_records_are_read_for_the_entry_count(tmp_path):
+    # Over 65,535 entries: zipfile writes zip64 end records, and the 16-bit count says 0xFFFF.
+    path = tmp_path / "x.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("data.csv", GOOD)
+        for i in range(70_000):
+            zf.writestr(f"{i}", b"")
+        zf.comment = b"a comment after the end record"
+    with pytest.raises(archive.UserError, match=r"^x: a zip of 70001 entries \(\d+-byte directory\); refused$"):
+        archive.unzip(path, tmp_path / "out", "x")
+
+
+def test_a_zip_comment_does_not_hide_the_end_record(tmp_path):
+    path = tmp_path / "x.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("data.csv", GOOD)
+        zf.comment = b"PK" * 30_000
+    assert archive.unzip(path, tmp_path / "out", "x") == ("data.csv", "csv")
+    assert (tmp_path / "out").read_bytes() == GOOD
+    (tmp_path / "bad.zip").write_bytes(b"PK" + b"\0" * 100)
+    with pytest.raises(zipfile.BadZipFile):
+        archive.unzip(tmp_path / "bad.zip", tmp_path / "out", "x")
+
+
+def _tar_file(tmp_path, infos):
+    path = tmp_path / "x.tar.gz"
+    path.write_bytes(_tar_gz(infos))
+    return path
+
+
+def test_the_tar_header_budget_starts_after_each_members_data(tmp_path, monkeypatch):
+    # A member's data, however long, is not header: the next member's small pax header passes...
+    monkeypatch.setattr(archive, "MAX_TAR_HEADER_BYTES", 2048)
+    big = _member("notes.txt", pax_headers={"comment": "a" * 100})
+    small = _member("data.csv", pax_headers={"comment": "b" * 100})
+    path = _tar_file(tmp_path, [(big, b"x" * 100_000), (small, GOOD)])
+    assert archive.untar(path, tmp_path / "out", "x") == ("data.csv", "csv")
+    assert (tmp_path / "out").read_bytes() == GOOD
+    # ...and a large one after the same data is refused.
+    huge = _member("data.csv", pax_headers={"comment": "b" * 3000})
+    path = _tar_file(tmp_path, [(big, b"x" * 100_000), (huge, GOOD)])
+    with pytest.raises(archive.UserError, match="over-2048-byte extended header$"):
+        archive.untar(path, tmp_path / "out", "x")

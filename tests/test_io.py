@@ -138,3 +138,69 @@ def test_npz_written_in_blocks_has_the_bytes_of_np_savez(tmp_path):
         with arrays_format.NpzWriter(tmp_path / "short.npz") as npz:
             with npz.blocks("ids", np.int64, (3, 7)) as write:
                 write(arrays["ids"][:2])
+
+
+def test_npz_blocks_take_a_shape_of_numpy_integers(tmp_path):
+    ids = np.arange(12, dtype=np.int64).reshape(4, 3)
+    np.savez(tmp_path / "whole.npz", ids=ids)
+    with arrays_format.NpzWriter(tmp_path / "blocks.npz") as npz:
+        with npz.blocks("ids", np.int64, (np.int64(4), np.int32(3))) as write:
+            write(ids)
+    with np.load(tmp_path / "blocks.npz") as data:
+        assert np.array_equal(data["ids"], ids)
+    assert (tmp_path / "blocks.npz").read_bytes() == (tmp_path / "whole.npz").read_bytes()
+
+
+def _prepared(tmp_path, **overrides):
+    arrays = {
+        "ids": np.array([[2, 5, 0], [7, 0, 0]], dtype=np.int64),
+        "lengths": np.array([2, 1], dtype=np.int64),
+        "labels": np.array([0, 3], dtype=np.int64),
+    }
+    arrays.update(overrides)
+    path = tmp_path / "train.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+NAMES = ("ids", "lengths", "labels")
+BOUNDS = {"vocab_size": 8, "num_classes": 4, "max_len": 3}
+
+
+def test_prepared_arrays_within_their_bounds_load(tmp_path):
+    loaded = arrays_format.load(_prepared(tmp_path), NAMES, **BOUNDS)
+    assert loaded["ids"].tolist() == [[2, 5, 0], [7, 0, 0]] and loaded["labels"].tolist() == [0, 3]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"ids": np.array([[2.0, 5, 0], [7, 0, 0]])}, "ids: float64 values, integers expected"),
+        ({"lengths": np.array([2.0, 1.0])}, "lengths: float64 values, integers expected"),
+        ({"labels": np.array([0.5, 3.0])}, "labels: float64 values, integers expected"),
+        ({"ids": np.array([2, 5, 0], dtype=np.int64)}, "ids: shape (3,), 2 dimensions (texts, positions) expected"),
+        ({"lengths": np.array([[2], [1]], dtype=np.int64)}, "lengths: shape (2, 1), 1 dimension expected"),
+        ({"labels": np.array([0, 3, 1], dtype=np.int64)}, "labels: 3 rows, ids has 2"),
+        ({"ids": np.array([[2, 5], [7, 0]], dtype=np.int64)}, "ids: 2 positions a row, prepare.max_len is 3"),
+        ({"ids": np.array([[2, 9, 0], [12, 8, 0]], dtype=np.int64)}, "ids: 3 values outside [0, 8) (max 12)"),
+        ({"ids": np.array([[2, -1, 0], [7, 0, 0]], dtype=np.int64)}, "ids: 1 values outside [0, 8) (min -1)"),
+        ({"lengths": np.array([0, 1], dtype=np.int64)}, "lengths: 1 values outside [1, 4) (min 0)"),
+        ({"lengths": np.array([4, 1], dtype=np.int64)}, "lengths: 1 values outside [1, 4) (max 4)"),
+        ({"labels": np.array([0, 4], dtype=np.int64)}, "labels: 1 values outside [0, 4) (max 4)"),
+    ],
+)
+def test_prepared_arrays_out_of_shape_or_range_are_one_line(tmp_path, overrides, expected):
+    path = _prepared(tmp_path, **overrides)
+    with pytest.raises(UserError) as err:
+        arrays_format.load(path, NAMES, **BOUNDS)
+    assert str(err.value) == f"{path}: {expected}; rerun `pipeline prepare`"
+
+
+def test_prepared_bounds_not_given_are_not_checked(tmp_path):
+    # Without a vocabulary size or class count, ids and labels are only checked for dtype and shape;
+    # lengths are always checked against the width of ids.
+    path = _prepared(tmp_path, ids=np.array([[2, 900, 0], [7, 0, 0]]), labels=np.array([0, 40]))
+    assert arrays_format.load(path, NAMES)["ids"].max() == 900
+    path = _prepared(tmp_path, lengths=np.array([4, 1]))
+    with pytest.raises(UserError, match=r"lengths: 1 values outside \[1, 4\) \(max 4\)"):
+        arrays_format.load(path, NAMES)

@@ -196,6 +196,49 @@ def test_yaml_1_2_exponent_floats_are_numbers(tmp_path):
     assert P.load(path).train.lr == 0.001
 
 
+# YAML 1.2, as DVC reads params.yaml: what `dvc params diff` shows is what the pipeline validates.
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        # YAML 1.1 read 1:30 as sexagesimal 90; in YAML 1.2 it is the string DVC shows.
+        (("max_epochs: 40", "max_epochs: 1:30"), "train.max_epochs: must be an integer"),
+        # yes/no/on are booleans in YAML 1.1 only.
+        (("allow_fallback: false", "allow_fallback: yes"), "train.allow_fallback: must be true or false"),
+        (("bidirectional: true", "bidirectional: on"), "plus_bidirectional.bidirectional: must be true or false"),
+    ],
+)
+def test_yaml_1_1_scalars_are_strings_and_refused_with_one_line(tmp_path, edit, expected):
+    path = _bad_file(tmp_path, edit)
+    with pytest.raises(P.ParamsError) as err:
+        P.load(path)
+    assert str(err.value).startswith(expected) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("scalar", "value"), [("1:30", "1:30"), ("1e-3", 0.001), ("yes", "yes"), ("no", "no"), ("on", "on")]
+)
+def test_scalars_read_as_yaml_1_2(scalar, value):
+    assert safe_yaml.parse(f"key: {scalar}\n", P.MAX_DEPTH) == {"key": value}
+
+
+def test_a_key_written_twice_is_refused_naming_the_key_and_line(tmp_path):
+    text = PARAMS_TEXT.replace("  max_epochs: 40\n", "  max_epochs: 40\n  max_epochs: 2\n", 1)
+    line = text.splitlines().index("  max_epochs: 2") + 1
+    path = tmp_path / "params.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(P.ParamsError) as err:
+        P.load(path)
+    assert str(err.value) == f"{path}: duplicate key 'max_epochs' (line {line}, first at line {line - 1})"
+
+
+def test_the_repository_params_read_as_pyyaml_reads_them():
+    # The file holds nothing where YAML 1.1 and 1.2 differ: the same mapping, the same types.
+    new = safe_yaml.read(ROOT / "params.yaml", "params file", P.MAX_FILE_BYTES, P.MAX_DEPTH)
+    old = yaml.safe_load(PARAMS_TEXT)
+    assert new == old
+    assert json.dumps(new, sort_keys=True) == json.dumps(old, sort_keys=True)
+
+
 LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
     f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8)
 )
@@ -412,7 +455,7 @@ def test_any_yaml_scalar_at_every_key_is_params_or_one_line(tmp_path, scalar):
     _assert_loads_or_one_line(path)
     # ...and what it reads as, in place of each value in turn.
     try:
-        value = yaml.load(f"key: {scalar}\n", Loader=safe_yaml._Loader)["key"]
+        value = safe_yaml.parse(f"key: {scalar}\n", P.MAX_DEPTH)["key"]
     except Exception:
         return  # not a value on its own; the whole file above was refused with one line
     for path in LEAVES:
@@ -448,3 +491,8 @@ def test_any_value_at_any_key_parses_or_is_one_line(path, value):
         P.parse(raw)
     except P.ParamsError as err:
         assert "\n" not in str(err) and len(str(err)) < 300
+
+
+def test_anchors_without_aliases_read_without_a_warning(recwarn):
+    assert safe_yaml.parse("a: &x 1\nb: &x 2\n", P.MAX_DEPTH) == {"a": 1, "b": 2}
+    assert not recwarn.list

@@ -1,50 +1,62 @@
-"""A bounded YAML reader for settings: PyYAML's safe loader without aliases, deep nesting or huge files.
+"""A bounded YAML reader for settings: ruamel.yaml's safe loader (YAML 1.2, as DVC reads params.yaml).
 
-An alias lets a few hundred bytes expand to gigabytes (the "billion laughs"), PyYAML's
-composer recurses once per level of nesting, and a settings file never needs either.
+Without aliases, deep nesting, duplicate keys or huge files: an alias lets a few hundred bytes
+expand to gigabytes (the "billion laughs"), the composer recurses once per level of nesting,
+and a settings file never needs either. A key written twice is refused, as DVC refuses it.
 Problems are one-line `Refused` errors that name the file.
 """
 
 from __future__ import annotations
 
-import re
 import textwrap
 from pathlib import Path
 from typing import Any
 
-import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.composer import Composer
+from ruamel.yaml.error import YAMLError
+from ruamel.yaml.events import AliasEvent
+from ruamel.yaml.nodes import ScalarNode
 
 
 class Refused(Exception):
     """YAML that cannot be read, or that settings never need and that could exhaust memory or stack."""
 
 
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader without aliases and with bounded nesting."""
+class _Composer(Composer):
+    """ruamel.yaml's composer without aliases, and with each key of a mapping written once."""
 
-    depth = 0
-    max_depth = 20
+    def __init__(self, loader: Any = None) -> None:
+        super().__init__(loader)
+        self.warn_double_anchors = False  # an anchor without an alias is harmless: no warning on stderr
 
     def compose_node(self, parent: Any, index: Any) -> Any:
-        event = self.peek_event()
-        line = event.start_mark.line + 1
-        if isinstance(event, yaml.AliasEvent):
+        event = self.parser.peek_event()
+        if isinstance(event, AliasEvent):
+            line = event.start_mark.line + 1
             raise Refused(f"YAML aliases (*name) are not supported, write values out (line {line})")
-        if self.depth >= self.max_depth:
-            raise Refused(f"nested more than {self.max_depth} levels deep (line {line})")
-        self.depth += 1
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self.depth -= 1
+        return super().compose_node(parent, index)
+
+    def compose_mapping_node(self, anchor: Any) -> Any:
+        node = super().compose_mapping_node(anchor)
+        first: dict[tuple[str, str], int] = {}
+        for key, _ in node.value:
+            if not isinstance(key, ScalarNode):
+                continue  # a complex key: the constructor refuses it
+            line = key.start_mark.line + 1
+            name = (str(key.tag), key.value)
+            if name in first:
+                shown = textwrap.shorten(key.value, 40, placeholder="...")
+                raise Refused(f"duplicate key {shown!r} (line {line}, first at line {first[name]})")
+            first[name] = line
+        return node
 
 
-# YAML 1.2 floats without a dot (`1e-3`), as DVC reads them; PyYAML's YAML 1.1 says string.
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
+def _parser(max_depth: int) -> YAML:
+    yaml = YAML(typ="safe", pure=True)
+    yaml.Composer = _Composer
+    yaml.max_depth = max_depth
+    return yaml
 
 
 def _text(path: Path, what: str, max_bytes: int) -> str:
@@ -63,19 +75,28 @@ def _text(path: Path, what: str, max_bytes: int) -> str:
         raise Refused(f"{path}: cannot read {what} (not UTF-8, byte {exc.start})") from None
 
 
+def parse(text: str, max_depth: int) -> Any:
+    """The YAML document in `text`; Refused with one line (without a file name) on any problem."""
+    try:
+        return _parser(max_depth).load(text)
+    except Refused:
+        raise
+    except YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or getattr(exc, "reason", None)
+        if mark and problem and problem.startswith("maximum depth"):
+            raise Refused(f"nested more than {max_depth} levels deep (line {mark.line + 1})") from None
+        where = f" at line {mark.line + 1}" if mark else ""
+        why = f" ({textwrap.shorten(problem, 80)})" if problem else ""
+        raise Refused(f"not valid YAML{where}{why}") from None
+    except (ValueError, OverflowError) as exc:  # a scalar that cannot be built, e.g. 2001-13-01
+        raise Refused(f"not valid YAML ({textwrap.shorten(str(exc), 80)})") from None
+
+
 def read(path: Path, what: str, max_bytes: int, max_depth: int) -> Any:
     """The YAML document at `path`; Refused with one line naming the file on any problem."""
-    loader = type("_Bounded", (_Loader,), {"max_depth": max_depth})
     text = _text(path, what, max_bytes)
     try:
-        return yaml.load(text, Loader=loader)  # a SafeLoader
+        return parse(text, max_depth)
     except Refused as exc:
         raise Refused(f"{path}: {exc}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or getattr(exc, "reason", None)
-        why = f" ({textwrap.shorten(problem, 80)})" if problem else ""
-        raise Refused(f"{path}: not valid YAML{where}{why}") from None
-    except (ValueError, OverflowError) as exc:  # a scalar PyYAML cannot build, e.g. 2001-13-01
-        raise Refused(f"{path}: not valid YAML ({textwrap.shorten(str(exc), 80)})") from None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import shutil
 import stat
+import struct
 import tarfile
 import zipfile
 from collections.abc import Callable
@@ -71,14 +72,34 @@ def _one_data_file(names: list[str], what: str) -> tuple[str, Format]:
     return names[0], PurePosixPath(names[0]).suffix.lower()[1:]  # type: ignore[return-value]
 
 
+def _zip_directory(archive: Path) -> tuple[int, int]:
+    """The entry count and central directory size a zip's end records announce (APPNOTE 4.3.14-16)."""
+    with open(archive, "rb") as fh:
+        fh.seek(0, 2)
+        size = fh.tell()
+        # The end record is 22 bytes plus a comment of at most 65,535; a zip64 locator precedes it.
+        tail_start = max(0, size - (22 + 0xFFFF + 20))
+        fh.seek(tail_start)
+        tail = fh.read()
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or len(tail) - at < 22:
+            raise zipfile.BadZipFile("no end of central directory record")
+        entries, directory = struct.unpack_from("<HI", tail, at + 10)
+        locator = at - 20
+        if locator >= 0 and tail[locator : locator + 4] == b"PK\x06\x07":
+            (offset,) = struct.unpack_from("<Q", tail, locator + 8)
+            fh.seek(offset)
+            record = fh.read(56)
+            if len(record) < 56 or record[:4] != b"PK\x06\x06":
+                raise zipfile.BadZipFile("zip64 end of central directory record not found")
+            entries, directory = struct.unpack_from("<QQ", record, 32)
+    return entries, directory
+
+
 def unzip(archive: Path, dest: Path, what: str) -> tuple[str, Format]:
     # zipfile reads the whole central directory, and makes an object per entry, before
     # anything else: its announced size and entry count are checked first.
-    with open(archive, "rb") as fh:
-        end = zipfile._EndRecData(fh)  # type: ignore[attr-defined]  # the end record, zip64 sizes included (stdlib private)
-    if end is None:
-        raise zipfile.BadZipFile("no end of central directory record")
-    entries, directory = end[zipfile._ECD_ENTRIES_TOTAL], end[zipfile._ECD_SIZE]  # type: ignore[attr-defined]
+    entries, directory = _zip_directory(archive)
     if entries > MAX_MEMBERS or directory > MAX_ZIP_DIRECTORY_BYTES:
         raise UserError(f"{what}: a zip of {entries} entries ({directory}-byte directory); refused")
     with zipfile.ZipFile(archive) as zf:
@@ -101,36 +122,32 @@ def unzip(archive: Path, dest: Path, what: str) -> tuple[str, Format]:
     return member, fmt
 
 
-class _Refused(Exception):
-    pass
-
-
-class _TarInfo(tarfile.TarInfo):
-    """tarfile's member header, refusing the kinds that make tarfile read unbounded metadata.
+class _Headers:
+    """The decompressed tar stream, refusing to let one member's headers grow past MAX_TAR_HEADER_BYTES.
 
     tarfile reads an extended (pax) or long-name header whole into memory, and builds a list
-    from a sparse member's map; a crafted archive can make either gigabytes long. The hooks
-    below are tarfile's own per-kind steps (private, stable across Python 3 releases).
+    from a sparse member's map, all while it reads the member's header; a crafted archive can
+    make either gigabytes long. Before tarfile reads the next header, `ceiling` is set to where
+    the current member's data ends plus that budget and the member's own header block.
     """
 
-    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
-        headers = (
-            tarfile.XHDTYPE,
-            tarfile.XGLTYPE,
-            tarfile.SOLARIS_XHDTYPE,
-            tarfile.GNUTYPE_LONGNAME,
-            tarfile.GNUTYPE_LONGLINK,
-        )
-        if self.type in headers and self.size > MAX_TAR_HEADER_BYTES:
-            raise _Refused(f"a {self.size}-byte extended header")
-        if self.type == tarfile.GNUTYPE_SPARSE:
-            raise _Refused(f"sparse member {self.name!r}")
-        return super()._proc_member(tarfile_)  # type: ignore[misc]  # tarfile's private hook
+    def __init__(self, capped: Capped) -> None:
+        self._capped, self.ceiling = capped, MAX_TAR_HEADER_BYTES + tarfile.BLOCKSIZE
 
-    def _proc_gnusparse_00(self, *args: object) -> None:
-        raise _Refused("a sparse member")
+    def read(self, size: int = -1) -> bytes:
+        # Never past the ceiling: tarfile takes short reads, and asks again only if it needs more.
+        left = self.ceiling - self._capped.total
+        if left <= 0 and size != 0:
+            raise _Refused(f"too many extended headers or an over-{MAX_TAR_HEADER_BYTES}-byte extended header")
+        return self._capped.read(left if size < 0 else min(size, left))
 
-    _proc_gnusparse_01 = _proc_gnusparse_10 = _proc_gnusparse_00
+    def after(self, member: tarfile.TarInfo) -> None:
+        data_end = member.offset_data + -(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+        self.ceiling = data_end + MAX_TAR_HEADER_BYTES + tarfile.BLOCKSIZE
+
+
+class _Refused(Exception):
+    pass
 
 
 def untar(archive: Path, dest: Path, what: str) -> tuple[str, Format]:
@@ -138,27 +155,35 @@ def untar(archive: Path, dest: Path, what: str) -> tuple[str, Format]:
     # included, counts towards the cap, so a tar bomb stops early instead of filling the disk.
     found: list[str] = []
     try:
-        with (
-            gzip.open(archive) as raw,
-            tarfile.open(fileobj=Capped(raw.read, what), mode="r|", tarinfo=_TarInfo) as tar,  # type: ignore[call-overload]
-        ):
-            for count, member in enumerate(tar, start=1):
-                if count > MAX_MEMBERS:
-                    raise UserError(f"{what}: more than {MAX_MEMBERS} archive members; refused")
-                _check_name(member.name, what)
-                if member.isdir():
-                    continue
-                if not member.isfile():
-                    name = member.name
-                    raise UserError(f"{what}: refused, archive member {name!r} {_NOT_A_FILE}")
-                if is_data(member.name):
-                    found.append(member.name)
-                    if len(found) > 1:
-                        break
-                    with tar.extractfile(member) as src, open(dest, "wb") as dst:
-                        shutil.copyfileobj(src, dst, CHUNK)
+        with gzip.open(archive) as raw:
+            stream = _Headers(Capped(raw.read, what))
+            with tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
+                count = 0
+                while (member := tar.next()) is not None:
+                    stream.after(member)
+                    count += 1
+                    if count > MAX_MEMBERS:
+                        raise UserError(f"{what}: more than {MAX_MEMBERS} archive members; refused")
+                    if member.issparse() or "GNU.sparse.map" in member.pax_headers:
+                        raise _Refused(f"sparse member {member.name!r}")
+                    _check_name(member.name, what)
+                    if member.isdir():
+                        continue
+                    if not member.isfile():
+                        name = member.name
+                        raise UserError(f"{what}: refused, archive member {name!r} {_NOT_A_FILE}")
+                    if is_data(member.name):
+                        found.append(member.name)
+                        if len(found) > 1:
+                            break
+                        with tar.extractfile(member) as src, open(dest, "wb") as dst:
+                            shutil.copyfileobj(src, dst, CHUNK)
     except _Refused as exc:
         raise UserError(f"{what}: refused, the archive holds {exc}") from None
+    except ValueError:  # tarfile parses a GNU 1.0 sparse map with int() and tuple unpacking
+        raise UserError(
+            f"{what}: refused, the archive holds a member header that cannot be read (a sparse map)"
+        ) from None
     except RecursionError:  # tarfile follows a chain of extended headers by recursion
         raise UserError(f"{what}: refused, the archive chains too many extended headers") from None
     return _one_data_file(found, what)
