@@ -384,3 +384,24 @@ def test_a_class_with_no_test_article_is_scored_without_nan(tiny_project):
     run = _json("metrics/scores/birnn.json")["seeds"]["7"]
     assert run["test"]["per_class"]["weather"]["support"] == 0
     assert 0 <= run["test"]["ece"] <= 1 and 0 <= run["calibrated"]["test"]["ece"] <= 1
+
+
+@pytest.mark.parametrize(
+    "array, change, problem",
+    [
+        ("ids", lambda a, stats, labels: a.__setitem__((0, 0), stats["vocab_size"]), "ids: 1 values outside"),
+        ("labels", lambda a, stats, labels: a.__setitem__(0, len(labels)), "labels: 1 values outside"),
+    ],
+)
+def test_refuses_prepared_arrays_out_of_range_before_scoring(trained, array, change, problem):
+    stats, labels = _json("data/prepared/stats.json"), _json("data/prepared/labels.json")
+    path = Path("data/prepared/val.npz")
+    with np.load(path) as data:
+        arrays = {k: data[k].copy() for k in data.files}
+    change(arrays[array], stats, labels)
+    np.savez(path, **arrays)
+    result = CliRunner().invoke(app, ["evaluate"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: {path}: {problem}")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not Path("metrics/scores").exists()

@@ -45,8 +45,18 @@ class Split:
         return self.ids[index, : int(lengths.max())], lengths, self.labels[index]
 
 
-def load_split(name: str, folder: Path = PREPARED) -> Split:
-    loaded = arrays.load(folder / f"{name}.npz", ("ids", "lengths", "labels"))
+def load_split(
+    name: str,
+    folder: Path = PREPARED,
+    *,
+    vocab_size: int | None = None,
+    num_classes: int | None = None,
+    max_len: int | None = None,
+) -> Split:
+    """A prepared split, its arrays checked once (arrays.load): ids within the vocabulary, labels
+    within the classes and the width `max_len`, where the caller gives them."""
+    bounds = {"vocab_size": vocab_size, "num_classes": num_classes, "max_len": max_len}
+    loaded = arrays.load(folder / f"{name}.npz", ("ids", "lengths", "labels"), **bounds)
     split = Split(*(torch.from_numpy(loaded[k]).long() for k in ("ids", "lengths", "labels")))
     if len(split) == 0:
         raise UserError(f"{folder / name}.npz: the {name} split is empty")

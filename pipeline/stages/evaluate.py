@@ -258,14 +258,24 @@ def _fasttext(
     return result, run, seconds
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def run(params: Params) -> None:
     p, seeds = params.evaluate, params.train.seeds
     labels = files.read_json(PREPARED / "labels.json", "label list")
     stats = files.read_json(PREPARED / "stats.json", "prepare stats")
-    if not isinstance(labels, list) or not isinstance(stats, dict) or "encoding" not in stats:
+    if (
+        not isinstance(labels, list)
+        or not isinstance(stats, dict)
+        or not isinstance(stats.get("encoding"), dict)
+        or not _is_int(stats.get("vocab_size"))
+    ):
         raise UserError(f"{PREPARED}: labels.json or stats.json is malformed; rerun `pipeline prepare`")
     vocab_sha256 = files.sha256_file(PREPARED / "vocab.json")
-    splits = {s: load_split(s, PREPARED) for s in SPLITS}
+    # The width is the checkpoint's to check (its encoding against stats.json), below.
+    splits = {s: load_split(s, PREPARED, vocab_size=stats["vocab_size"], num_classes=len(labels)) for s in SPLITS}
     truth = {s: splits[s].labels.numpy() for s in SPLITS}
 
     results: dict[str, dict] = {}
