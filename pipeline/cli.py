@@ -1,12 +1,17 @@
 """The `pipeline` command line: one subcommand per DVC stage, configured by params.yaml.
 
 Options here are paths and verbosity only; hyperparameters live in params.yaml. Errors a
-user can cause print one line and exit with code 2.
+user can cause print one line and exit with code 2; so does a file that cannot be written (a
+read-only folder, a full disk), naming it. A reader that closes the pipe early (`| head -1`)
+ends the command quietly with code 0, as it asked for no more.
 """
 
 from __future__ import annotations
 
 import importlib
+import io as stdio
+import os
+import sys
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -24,7 +29,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-ParamsPath = Annotated[Path, typer.Option("--params", help="The params file to read.", dir_okay=False)]
+
+def _params_file(path: Path) -> Path:
+    """--params names a file: a folder is one line and exit code 2, not click's usage box."""
+    if path.is_dir():
+        typer.echo(f"error: --params {path}: is a folder; name the params file, e.g. {path / 'params.yaml'}", err=True)
+        raise typer.Exit(2)
+    return path
+
+
+ParamsPath = Annotated[Path, typer.Option("--params", help="The params file to read.", callback=_params_file)]
 
 PLOTS_PAGE = Path(".dvc/offline_plots.html")
 
@@ -48,12 +62,38 @@ ModelOption = Annotated[
 ]
 
 
+def _settle_stdout() -> None:
+    """Flush stdout; if it cannot take what it holds (a closed pipe, a full disk), point it at
+    devnull, so that the interpreter's own flush at exit has nothing left to fail on."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, stdio.UnsupportedOperation):  # a stdout without a file behind it
+            pass
+
+
 def _guard(work: Callable[[], T]) -> T:
-    """Run a stage; a UserError becomes one line on stderr and exit code 2."""
+    """Run a stage; a UserError, or a file that cannot be written, becomes one line on stderr
+    and exit code 2; a reader that closed stdout ends it quietly."""
     try:
         return work()
     except UserError as exc:
+        _settle_stdout()
         typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except BrokenPipeError:
+        _settle_stdout()
+        raise typer.Exit(0) from None
+    except OSError as exc:
+        # What an atomic write meets (pipeline.core.files): a read-only folder, a full disk.
+        # The temp file is gone by now and the published file untouched.
+        _settle_stdout()
+        where = f"{exc.filename}: " if exc.filename else ""
+        typer.echo(f"error: {where}{exc.strerror or exc}", err=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         typer.echo(

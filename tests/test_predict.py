@@ -229,6 +229,8 @@ BAD_INPUTS = {
     "top-k above classes": (lambda: ["--top-k", "4", "goal"], "between 1 and 3"),
     "missing vocabulary": (lambda: ["--vocab", "nowhere.json", "goal"], "nowhere.json"),
 }
+# The inputs whose first text is good: its prediction is printed before the error line.
+FIRST_TEXT_PRINTED = {"blank line in a file": "goal", "jsonl not json": "a"}
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
@@ -236,7 +238,8 @@ def test_bad_input_is_one_line_and_exit_code_2(project, case):
     make_args, expected = BAD_INPUTS[case]
     result = _cli(*make_args(), stdin="")
     assert result.exit_code == 2, result.output
-    assert result.stdout == ""
+    printed = [line.split("\t")[:2] for line in result.stdout.splitlines()[1:]]
+    assert printed == ([["1", FIRST_TEXT_PRINTED[case]]] if case in FIRST_TEXT_PRINTED else [])
     assert len(result.stderr.strip().splitlines()) == 1
     assert expected in result.stderr
     assert "Traceback" not in result.output
@@ -336,16 +339,18 @@ def test_an_old_checkpoint_without_a_vocabulary_is_one_line_and_exit_2(project, 
 
 
 BAD_VOCABULARIES = {
-    "not a list": "goal match",
-    "no <pad>, <unk> first": ["goal", "match", "bank"],
-    "a token that is not a string": ["<pad>", "<unk>", 3],
+    "not a list": ("goal match", "must be a list of strings, got str"),
+    "no <pad>, <unk> first": (["goal", "match", "bank"], "must start with <pad>, <unk>"),
+    "a token that is not a string": (["<pad>", "<unk>", 3], "must hold strings only, got 3"),
+    "a token twice": (["<pad>", "<unk>", "goal", "goal"], "'goal' appears twice"),
 }
 
 
 @pytest.mark.parametrize("case", BAD_VOCABULARIES, ids=list(BAD_VOCABULARIES))
 def test_a_malformed_vocabulary_in_the_checkpoint_is_refused(project, case):
-    _save_variant("models/bad.pt", vocab=BAD_VOCABULARIES[case])
-    _one_line_refusal(_cli("--model", "models/bad.pt", "goal"), "models/bad.pt: its vocabulary is malformed")
+    tokens, problem = BAD_VOCABULARIES[case]
+    _save_variant("models/bad.pt", vocab=tokens)
+    _one_line_refusal(_cli("--model", "models/bad.pt", "goal"), f"models/bad.pt: vocab: {problem}")
 
 
 def test_a_vocabulary_that_does_not_fit_the_embedding_is_refused(project):
@@ -361,12 +366,12 @@ def test_deeply_nested_json_input_is_one_line(project):
     _write("in.jsonl", '{"text": "goal"}\n' + '{"text": ' + "[" * 50_000 + "]" * 50_000 + "}\n")
     result = _cli("--file", "in.jsonl")
     _one_line_refusal(result, "in.jsonl: line 2: JSON nested too deeply")
-    assert result.stdout == ""
+    assert [row.split("\t")[:2] for row in result.stdout.splitlines()[1:]] == [["1", "goal"]]
 
 
 def test_input_is_read_and_printed_a_chunk_at_a_time(project, monkeypatch):
-    # Texts are read as they are classified: with chunks of two, the first four texts are
-    # printed before the bad sixth line is even read.
+    # Texts are read as they are classified, a chunk of two at a time; the bad sixth line ends
+    # the third chunk early, and the fifth text, read before it, is printed before the error.
     monkeypatch.setattr(predict_module, "CHUNK", 2)
     _write("in.txt", "goal team\nbank market\nchip data\nmatch win\nprofit tax\n\nlast one\n")
     result = _cli("--file", "in.txt")
@@ -378,6 +383,7 @@ def test_input_is_read_and_printed_a_chunk_at_a_time(project, monkeypatch):
         ["2", "bank market"],
         ["3", "chip data"],
         ["4", "match win"],
+        ["5", "profit tax"],
     ]
 
 

@@ -8,8 +8,7 @@ gigabytes into one string. JSON lines need no helper here: files.jsonl_objects r
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
-from typing import IO
+from collections.abc import Iterable, Iterator
 
 from pipeline.core import files
 from pipeline.core.errors import UserError
@@ -22,15 +21,16 @@ def describe_columns(header: list[str], most: int = 10, width: int = 30) -> str:
     return (", ".join(names) + more) or "none"
 
 
-def csv_records(fh: IO[str], where: str) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
-    """The header, then (line number, fields) of each non-blank record of a CSV file.
+def csv_records(lines: Iterable[str], where: str) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """The header, then (line number, fields) of each non-blank record of a CSV file's lines
+    (files.bounded_lines of a file opened with newline="").
 
     Quoting is strict: a quote that is never closed, or closed in the middle of a field, is an
     error naming the line where its record began. The lenient default would instead run on
     into the following rows and merge them into one text, silently.
     """
     csv.field_size_limit(files.MAX_LINE_CHARS)
-    reader = csv.reader(files.bounded_lines(fh, where), strict=True)
+    reader = csv.reader(lines, strict=True)
 
     def records() -> Iterator[tuple[int, list[str]]]:
         start = 1

@@ -4,14 +4,16 @@ A file holds one text per line, or, by its suffix, one field of each row of a .c
 or .jsonl file; stdin (`-`) holds one text per line. Text comes in as it is classified, so
 memory does not grow with the input. A problem seen before the first text (no such file, no
 such column, no text at all) stops the command before the model loads; a bad line further on
-stops it at that line, after the texts before it were printed.
+stops it at that line, after the texts before it were printed. That holds for bytes that are not
+UTF-8 too: each line is decoded on its own, so the error names the line that holds them.
 """
 
 from __future__ import annotations
 
 import io as stdio
+import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain
 from pathlib import Path
 from typing import IO
@@ -21,6 +23,9 @@ from pipeline.core.errors import UserError
 from pipeline.data import csv_reader
 
 STDIN = "-"
+# A byte that is not UTF-8 decodes, with errors="surrogateescape", to one of these; UTF-8 text
+# itself never holds them (the decoder refuses encoded surrogates), so a line with one is not UTF-8.
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
 
 
 def checked(text: object, where: str, field: str | None) -> str:
@@ -57,7 +62,9 @@ def read_texts(source: str, text_field: str | None = None) -> Iterator[str]:
         raise UserError(f"{where}: cannot read ({exc.strerror or exc})") from None
     # utf-8-sig accepts the BOM that spreadsheet programs write. Lines end at "\n" only: the
     # csv module finds its own record ends, and str.splitlines would also break at U+2028.
-    fh = stdio.TextIOWrapper(raw, encoding="utf-8-sig", newline="" if suffix == ".csv" else "\n")
+    fh = stdio.TextIOWrapper(
+        raw, encoding="utf-8-sig", errors="surrogateescape", newline="" if suffix == ".csv" else "\n"
+    )
     texts = _texts(fh, suffix, where, text_field or "text", close=source != STDIN)
     first = next(texts, None)
     if first is None:
@@ -65,11 +72,41 @@ def read_texts(source: str, text_field: str | None = None) -> Iterator[str]:
     return chain([first], texts)
 
 
+def jsonl_objects(lines: Iterable[str], where: str) -> Iterator[tuple[int, dict]]:
+    """files.jsonl_objects, with Python's limit on an integer's digits as one line naming the line.
+
+    json.loads refuses an integer of more than sys.get_int_max_str_digits() digits with a
+    ValueError of its own (converting one costs time quadratic in its length, so the limit stays).
+    """
+    read = 0
+
+    def counted() -> Iterator[str]:
+        nonlocal read
+        for read, line in enumerate(lines, start=1):  # noqa: B007  # `read` is the line being parsed
+            yield line
+
+    try:
+        yield from files.jsonl_objects(counted(), where)
+    except ValueError as exc:
+        if isinstance(exc, UnicodeDecodeError) or "digits" not in str(exc):
+            raise
+        most = sys.get_int_max_str_digits()
+        raise UserError(f"{where}: line {read}: a number with more than {most} digits; refused") from None
+
+
+def _utf8_lines(fh: IO[str], where: str) -> Iterator[str]:
+    """files.bounded_lines of a stream decoded with errors="surrogateescape", each checked to be UTF-8."""
+    for number, line in enumerate(files.bounded_lines(fh, where), start=1):
+        if _UNDECODABLE.search(line):
+            raise UserError(f"{where}: line {number}: not UTF-8; save the file as UTF-8")
+        yield line
+
+
 def _texts(fh: IO[str], suffix: str, where: str, field: str, close: bool) -> Iterator[str]:
-    number = 0
+    lines = _utf8_lines(fh, where)
     try:
         if suffix == ".csv":
-            header, records = csv_reader.csv_records(fh, where)
+            header, records = csv_reader.csv_records(lines, where)
             if header and field not in header:
                 found = csv_reader.describe_columns(header)
                 raise UserError(f"{where}: no column {field!r} (columns: {found}); name it with --text-field")
@@ -79,14 +116,12 @@ def _texts(fh: IO[str], suffix: str, where: str, field: str, close: bool) -> Ite
                 # A short row lacks its last cells: an empty text, not a missing column.
                 yield checked(fields[at] if at < len(fields) else "", f"{where}:{number}", field)
         elif suffix == ".jsonl":
-            for number, row in files.jsonl_objects(files.bounded_lines(fh, where), where):
+            for number, row in jsonl_objects(lines, where):
                 yield checked(row.get(field), f"{where}:{number}", field)
         else:
-            for number, line in enumerate(files.bounded_lines(fh, where), start=1):
+            for number, line in enumerate(lines, start=1):
                 text = line.removesuffix("\n").removesuffix("\r")
                 yield checked(text, f"{where}:{number}", None)
-    except UnicodeDecodeError:
-        raise UserError(f"{where}: not UTF-8 (after line {number}); save it as UTF-8") from None
     finally:
         if close:
             fh.close()

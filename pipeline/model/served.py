@@ -9,7 +9,6 @@ split; a run's own checkpoint has none, and serves with temperature 1 (its raw p
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch
 from pipeline.core import files, layout
 from pipeline.core.errors import UserError
 from pipeline.core.params import MODELS
-from pipeline.data.text import PAD, UNK, Vocab
+from pipeline.data.text import Vocab
 from pipeline.model import checkpoints
 from pipeline.model.network import ModelConfig, RNNClassifier
 
@@ -45,13 +44,16 @@ def load_classifier(checkpoint: Path, vocab_path: Path | None = None, device: to
 
     `vocab_path`, if given, must be the vocabulary file the checkpoint was trained with.
     """
-    ckpt = checkpoints.load_checkpoint(checkpoint)
+    ckpt = checkpoints.load_checkpoint(checkpoint)  # validated: every field has its type, range and shape
     tokens = ckpt.get("vocab")
     if tokens is None:
         raise UserError(f"{checkpoint}: holds no vocabulary (saved by an older version); retrain it with `dvc repro`")
-    if not isinstance(tokens, list) or tokens[:2] != [PAD, UNK] or not all(isinstance(t, str) for t in tokens):
-        raise UserError(f"{checkpoint}: its vocabulary is malformed (expected tokens starting with {PAD}, {UNK})")
     vocab = Vocab(tuple(tokens))
+    if vocab.sha256() != ckpt["vocab_sha256"]:
+        # The vocabulary is what predict reads with: it must be the one the model was trained with.
+        raise UserError(
+            f"{checkpoint}: vocab: does not match its vocab_sha256 (edited after training?); run `dvc repro`"
+        )
     if vocab_path is not None:
         try:
             digest = files.sha256_file(vocab_path)
@@ -60,36 +62,12 @@ def load_classifier(checkpoint: Path, vocab_path: Path | None = None, device: to
         if digest != ckpt["vocab_sha256"]:
             raise UserError(f"{checkpoint}: was trained with another vocabulary than {vocab_path}")
     try:
-        cfg = ModelConfig(**ckpt["config"])
-        model = RNNClassifier(cfg)
+        model = RNNClassifier(ModelConfig(**ckpt["config"]))
         model.load_state_dict(ckpt["model"])
-        labels = tuple(ckpt["labels"])
-        max_len, keep = int(ckpt["encoding"]["max_len"]), ckpt["encoding"]["keep"]
-    except KeyError as exc:
-        raise UserError(f"{checkpoint}: has no {exc.args[0]!r} entry; run `dvc repro`") from None
     except (TypeError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{checkpoint}: not a checkpoint this version can use ({first}); run `dvc repro`") from None
-    if len(vocab) != cfg.vocab_size:
-        raise UserError(
-            f"{checkpoint}: its vocabulary has {len(vocab)} words but the model {cfg.vocab_size}; run `dvc repro`"
-        )
-    if (
-        len(labels) != cfg.num_classes
-        or not all(isinstance(label, str) for label in labels)
-        or max_len < 1
-        or keep not in ("head", "tail")
-    ):
-        raise UserError(f"{checkpoint}: labels or encoding do not fit the model; run `dvc repro`")
-    temperature = ckpt.get("temperature", 1.0)
-    if (
-        not isinstance(temperature, (int, float))
-        or isinstance(temperature, bool)
-        or not math.isfinite(temperature)
-        or temperature <= 0
-    ):
-        raise UserError(
-            f"{checkpoint}: its temperature must be a positive number, got {temperature!r}; run `dvc repro`"
-        )
+    encoding = ckpt["encoding"]
     model.eval().to(device or torch.device("cpu"))
-    return Classifier(model, vocab, labels, max_len, keep, float(temperature))
+    temperature = float(ckpt.get("temperature", 1.0))
+    return Classifier(model, vocab, tuple(ckpt["labels"]), encoding["max_len"], encoding["keep"], temperature)

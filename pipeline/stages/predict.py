@@ -123,9 +123,22 @@ def predict(
 
 
 def chunks(texts: Iterable[str]) -> Iterator[tuple[int, list[str]]]:
-    """(how many came before, the next CHUNK texts): bounds what is held at once."""
+    """(how many came before, the next CHUNK texts): bounds what is held at once.
+
+    A bad text (a UserError from `texts`) ends its chunk early: the texts read before it are
+    yielded first, so that their predictions come out before the error does.
+    """
     it, start = iter(texts), 0
-    while chunk := list(islice(it, CHUNK)):
+    while True:
+        chunk: list[str] = []
+        try:
+            chunk.extend(islice(it, CHUNK))
+        except UserError:
+            if chunk:
+                yield start, chunk
+            raise
+        if not chunk:
+            return
         yield start, chunk
         start += len(chunk)
 
@@ -225,14 +238,19 @@ def run(
     # Printed a chunk at a time, so a long input streams through in bounded memory.
     for start, chunk in chunks(source):
         predictions = list(predict(clf, chunk, top_k, workers=workers, before=start))
-        if as_json:
-            sys.stdout.write("".join(map(_json_line, predictions)))
-        elif sys.stdout.isatty():
-            _print_table(predictions, chunk, top_k)
-        else:
-            # rich needs about 0.5 ms a row: a table of 10,000 texts would take seconds to draw.
-            _print_lines(predictions, chunk, top_k, header=start == 0)
-        sys.stdout.flush()
+        try:
+            if as_json:
+                sys.stdout.write("".join(map(_json_line, predictions)))
+            elif sys.stdout.isatty():
+                _print_table(predictions, chunk, top_k)
+            else:
+                # rich needs about 0.5 ms a row: a table of 10,000 texts would take seconds to draw.
+                _print_lines(predictions, chunk, top_k, header=start == 0)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise  # the reader has all it wants: the CLI ends quietly
+        except OSError as exc:  # stdout is a full disk, or /dev/full
+            raise UserError(f"stdout: cannot write the predictions ({exc.strerror or exc})") from None
         unknown = [p.index for p in predictions if not p.knows_a_word]
         blind += unknown[: 5 - len(blind)]
         n_blind += len(unknown)
