@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -210,6 +211,11 @@ def jsonl_objects(lines: Iterable[str], where: str) -> Iterator[tuple[int, dict]
             raise UserError(f"{where}: line {number}: not valid JSON ({exc.msg})") from None
         except RecursionError:
             raise UserError(f"{where}: line {number}: JSON nested too deeply; refused") from None
+        except ValueError as exc:  # Python's limit on an integer's digits (parsing one is quadratic)
+            if "digits" not in str(exc):
+                raise
+            most = sys.get_int_max_str_digits()
+            raise UserError(f"{where}: line {number}: a number with more than {most} digits; refused") from None
         if not isinstance(row, dict):
             raise UserError(f"{where}: line {number}: expected a JSON object")
         yield number, row

@@ -13,7 +13,7 @@ from __future__ import annotations
 import io as stdio
 import re
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from itertools import chain
 from pathlib import Path
 from typing import IO
@@ -72,28 +72,6 @@ def read_texts(source: str, text_field: str | None = None) -> Iterator[str]:
     return chain([first], texts)
 
 
-def jsonl_objects(lines: Iterable[str], where: str) -> Iterator[tuple[int, dict]]:
-    """files.jsonl_objects, with Python's limit on an integer's digits as one line naming the line.
-
-    json.loads refuses an integer of more than sys.get_int_max_str_digits() digits with a
-    ValueError of its own (converting one costs time quadratic in its length, so the limit stays).
-    """
-    read = 0
-
-    def counted() -> Iterator[str]:
-        nonlocal read
-        for read, line in enumerate(lines, start=1):  # noqa: B007  # `read` is the line being parsed
-            yield line
-
-    try:
-        yield from files.jsonl_objects(counted(), where)
-    except ValueError as exc:
-        if isinstance(exc, UnicodeDecodeError) or "digits" not in str(exc):
-            raise
-        most = sys.get_int_max_str_digits()
-        raise UserError(f"{where}: line {read}: a number with more than {most} digits; refused") from None
-
-
 def _utf8_lines(fh: IO[str], where: str) -> Iterator[str]:
     """files.bounded_lines of a stream decoded with errors="surrogateescape", each checked to be UTF-8."""
     for number, line in enumerate(files.bounded_lines(fh, where), start=1):
@@ -116,7 +94,7 @@ def _texts(fh: IO[str], suffix: str, where: str, field: str, close: bool) -> Ite
                 # A short row lacks its last cells: an empty text, not a missing column.
                 yield checked(fields[at] if at < len(fields) else "", f"{where}:{number}", field)
         elif suffix == ".jsonl":
-            for number, row in jsonl_objects(lines, where):
+            for number, row in files.jsonl_objects(lines, where):
                 yield checked(row.get(field), f"{where}:{number}", field)
         else:
             for number, line in enumerate(lines, start=1):

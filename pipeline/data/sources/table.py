@@ -24,7 +24,7 @@ from typing import IO, Literal
 from pipeline.core import files
 from pipeline.core.errors import UserError
 from pipeline.core.params import DownloadParams
-from pipeline.data import csv_reader, inputs
+from pipeline.data import csv_reader
 from pipeline.data.sources import Doc, Tally, labels
 
 Format = Literal["csv", "jsonl"]
@@ -95,7 +95,7 @@ def _csv_rows(fh: IO[str], cfg: DownloadParams, where: str) -> Iterator[Row]:
 
 
 def _jsonl_rows(fh: IO[str], cfg: DownloadParams, where: str) -> Iterator[Row]:
-    for number, row in inputs.jsonl_objects(files.bounded_lines(fh, where), where):
+    for number, row in files.jsonl_objects(files.bounded_lines(fh, where), where):
         text, label = row.get(cfg.text_field), row.get(cfg.label_field)
         if text is not None and not isinstance(text, str):
             raise UserError(f"{where}: line {number}: {cfg.text_field!r} must be a string")
