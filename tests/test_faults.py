@@ -8,6 +8,8 @@
   with SIGKILL and SIGTERM): after every kill no process of the stage is left, its workers
   included, and every output present is the uninterrupted run's, byte for byte; then `dvc repro`
   finishes with every output identical to the uninterrupted run's and no temp file anywhere.
+- Where a previous generation exists and a changed param reruns a train stage, `dvc repro` stopped
+  with SIGTERM mid-train keeps it byte for byte (persist: true; DVC would delete it first).
 
 Timing fields (seconds, tokens per second) are the only bytes allowed to differ between runs.
 """
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 from conftest import tiny_params_dict
 from dvc_repo import BIN, repo_env, runner, write_project
 
@@ -296,4 +299,31 @@ def test_killed_stages_leave_no_trace_and_dvc_repro_finishes_identically(referen
     sh(str(BIN / "dvc"), "repro")
     assert _snapshot(repo) == expected
     assert "Data and pipelines are up to date" in sh(str(BIN / "dvc"), "status")
+    assert _strays(repo) == []
+
+
+def _raw(repo: Path, folders: tuple[str, ...]) -> dict[str, bytes]:
+    """Every file and folder under `folders`, byte for byte, hidden ones too."""
+    return {
+        str(path.relative_to(repo)): path.read_bytes() if path.is_file() else b"<folder>"
+        for folder in folders
+        for path in sorted((repo / folder).rglob("*"))
+    }
+
+
+def test_a_stopped_dvc_repro_keeps_the_previous_generation_of_a_model(reference, tmp_path):
+    """A changed param reruns train@birnn; `dvc repro` stopped with SIGTERM while it trains keeps
+    the previous checkpoints, curves and summaries, which DVC would otherwise delete first."""
+    repo, env = _copy(reference, tmp_path)
+    folders = ("models/birnn", "metrics/train/birnn", "dvclive/birnn")
+    old = _raw(repo, folders)
+    assert len(old) > len(folders)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["birnn"]["hidden_dim"] += 2
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _kill_once(repo, env, "train@birnn", 0.3, "SIGTERM", training=True)
+    assert _raw(repo, folders) == old
+    runner(repo, env)(str(BIN / "dvc"), "repro", "train@birnn")
+    new = _raw(repo, folders)
+    assert new.keys() == old.keys() and new != old  # the new generation, whole, once it finished
     assert _strays(repo) == []

@@ -114,3 +114,66 @@ def test_threads_that_arrive_during_the_build_wait_for_it(monkeypatch):
         results = [first.result(), *(f.result() for f in rest)]
     assert len(builds) == 1
     assert all(result is built for result in results)
+
+
+# The kernel's forward and backward on a small input, as the sha256 of their bytes.
+RESULTS = """
+import hashlib, torch
+from pipeline.model import recurrence
+info = recurrence.require_kernel(allow_fallback={allow})
+kernel = recurrence.compiled()
+if kernel is not None:
+    torch.manual_seed(0)
+    pre, weight = torch.randn(2, 5, 3, 4), torch.randn(2, 4, 4) * 0.3  # (D, T, B, H), (D, H, H)
+    kernel.forward_(pre, weight, 1)
+    grad = kernel.backward(torch.ones_like(pre), pre, weight, 1)
+    print(info["kernel"], hashlib.sha256(pre.numpy().tobytes() + grad.numpy().tobytes()).hexdigest())
+"""
+
+
+def _results(extensions: Path, allow_fallback: bool = False, **env: str) -> subprocess.CompletedProcess:
+    environment = dict(os.environ, TORCH_EXTENSIONS_DIR=str(extensions), PATH=VENV_FIRST, **env)
+    environment["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    environment.pop("PIPELINE_PURE_PYTORCH", None)
+    script = RESULTS.format(allow=allow_fallback)
+    return subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True, text=True, timeout=300)
+
+
+def _truncate(library: Path) -> None:
+    data = library.read_bytes()
+    library.write_bytes(data[: len(data) // 2])
+
+
+def _flip_middle(library: Path) -> None:
+    data = bytearray(library.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])  # same size
+    library.write_bytes(bytes(data))
+
+
+def test_a_damaged_library_is_rebuilt_and_never_loaded(built):
+    """Cut to half, or 64 bytes flipped in the middle: a fresh process rebuilds it (where it loaded
+    the damaged one, it died of SIGBUS) and computes what the undamaged kernel computed; with no
+    compiler to rebuild it, the PyTorch loop runs with its note, or the kernel is refused."""
+    extensions = built.parents[1]
+    undamaged = _results(extensions)
+    assert undamaged.returncode == 0, undamaged.stderr
+    assert undamaged.stdout.split()[0] == str(built)
+
+    def rebuilds() -> None:
+        rebuilt = _results(extensions)
+        assert rebuilt.returncode == 0, f"{rebuilt.returncode}: {rebuilt.stderr}"  # a signal: negative
+        assert "note:" not in rebuilt.stderr
+        assert rebuilt.stdout == undamaged.stdout  # the same library path, the same numbers
+
+    _truncate(built)
+    rebuilds()
+    _flip_middle(built)
+    no_compiler = _results(extensions, allow_fallback=True, CXX="/bin/false")
+    assert no_compiler.returncode == 0, no_compiler.stderr
+    notes = [line for line in no_compiler.stderr.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1 and "using the PyTorch loop" in notes[0]
+    assert not built.exists()  # the damaged library was removed, not loaded
+    refused = _results(extensions, CXX="/bin/false")
+    assert refused.returncode == 1 and "the C++ recurrence cannot be used (it did not build" in refused.stderr
+    rebuilds()

@@ -151,3 +151,34 @@ def test_two_queued_experiments_run_in_two_workers_with_one_thread_each(tmp_path
     assert trained[4]["trainable_parameters"] < trained[12]["trainable_parameters"]
     small, large = (experiments[h]["metrics"]["metrics/compare.json"]["data"]["birnn"] for h in (4, 12))
     assert small["val"]["loss"] != large["val"]["loss"]
+
+
+def test_two_workspace_experiments_at_once_are_dvcs_to_refuse_not_the_pipelines(tmp_path):
+    """What happens today, so that a DVC that refuses the second run shows here: `dvc exp run`
+    applies its -S to params.yaml before it takes any lock, and runs its stages with the
+    repository unlocked. The second run therefore rewrites params.yaml under the first, then
+    fails on the first's lock of data/params.ok; the first trains the second's value, and neither
+    records an experiment. No command of the pipeline runs before that write: use --queue."""
+    repo = tmp_path / "repo"
+    env = make_repo(repo)
+    sh = runner(repo, env)
+    sh(DVC, "repro")
+    sh("git", "add", "-A")
+    sh("git", "commit", "-qm", "baseline run")
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+    runs = []
+    for hidden_dim, log in zip((4, 12), logs, strict=True):
+        with open(log, "w") as out:
+            command = (DVC, "exp", "run", "-S", f"birnn.hidden_dim={hidden_dim}")
+            runs.append(subprocess.Popen(command, cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT))
+        time.sleep(2)
+    assert [run.wait(timeout=TIMEOUT_S) for run in runs] == [255, 255]
+    second = logs[1].read_text()
+    assert "failed to reproduce 'check-params'" in second and "data/params.ok' is busy" in second
+    assert "hidden_dim: 12" in (repo / "params.yaml").read_text()  # the second's value, left behind
+    # The first was asked for hidden_dim 4 (fewer parameters than the committed 8) and trained 12.
+    trained = json.loads((repo / "metrics/train/birnn/seed7.json").read_text())["trainable_parameters"]
+    committed = json.loads(sh("git", "show", "HEAD:metrics/train/birnn/seed7.json"))["trainable_parameters"]
+    assert trained > committed
+    assert "Data and pipelines are up to date" in sh(DVC, "status")
+    assert sh(DVC, "exp", "list").strip() == ""

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -329,3 +332,129 @@ def test_a_model_weight_decay_overrides_the_training_one(prepared):
     t = prepared.train
     assert train.for_model(t, prepared.birnn) is t
     assert train.for_model(t, prepared.window).weight_decay == prepared.window.weight_decay != t.weight_decay
+
+
+MODEL_FOLDERS = ("models/baseline", "metrics/train/baseline", "dvclive/baseline")
+
+
+def _outputs(root: Path = Path(".")) -> dict[str, bytes]:
+    """Every file and folder of the baseline's three output folders, hidden ones included."""
+    found = {}
+    for folder in MODEL_FOLDERS:
+        for path in sorted((root / folder).rglob("*")):
+            found[str(path.relative_to(root))] = path.read_bytes() if path.is_file() else b"<folder>"
+    return found
+
+
+def _full_metrics_disk(monkeypatch) -> None:
+    """metrics/train on a full disk: every file written into it fails as on a full filesystem."""
+    real = Path.write_bytes
+
+    def write_bytes(path, data):
+        if "metrics/train" in path.as_posix():
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+
+
+@pytest.mark.parametrize("seed", [None, 8])
+def test_a_full_disk_leaves_the_three_old_folders_and_says_so_in_one_line(prepared, monkeypatch, seed):
+    """Whole model or one seed: the old checkpoint, summary and curves stay together, byte for byte."""
+    train.run(dataclasses.replace(prepared, train=dataclasses.replace(prepared.train, max_epochs=2)), "baseline")
+    before = _outputs()
+    _full_metrics_disk(monkeypatch)
+    result = CliRunner().invoke(app, ["train", "baseline", *([] if seed is None else ["--seed", str(seed)])])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert (
+        errors
+        == [
+            "error: metrics/train/baseline/seed7.json: cannot be written (No space left on device); "
+            "the previous outputs are kept"
+        ]
+        if seed is None
+        else [
+            "error: metrics/train/baseline/seed8.json: cannot be written (No space left on device); "
+            "the previous outputs are kept"
+        ]
+    )
+    assert _outputs() == before
+    assert sorted(p.name for p in Path("models").iterdir()) == ["baseline"]
+
+
+FULL_DISK = r"""
+import json, os, subprocess, sys, yaml
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from test_train import _outputs
+
+def train():
+    return subprocess.run([sys.executable, "-m", "pipeline", "train", "baseline"], capture_output=True, text=True)
+
+assert train().returncode == 0
+before = _outputs()
+try:  # fill the 64 KiB filesystem of metrics/train
+    with open("metrics/train/filler", "wb") as filler:
+        while True:
+            filler.write(b"\0" * 1024)
+            filler.flush()
+except OSError:
+    pass
+params = yaml.safe_load(Path("params.yaml").read_text())
+params["train"]["max_epochs"] = 2
+Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+done = train()
+print(json.dumps({"code": done.returncode, "stderr": done.stderr, "same": _outputs() == before,
+                  "left": sorted(p.name for p in Path("metrics/train").iterdir())}))
+"""
+
+
+def test_a_real_full_filesystem_under_metrics_train_leaves_the_three_old_folders(prepared):
+    """A 64 KiB tmpfs on metrics/train, in a mount namespace of the test's own (`unshare`)."""
+    Path("metrics/train").mkdir(parents=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--map-root-user",
+            "sh",
+            "-c",
+            'mount -t tmpfs -o size=64k tmpfs metrics/train && exec "$0" -c "$1" "$2"',
+            sys.executable,
+            FULL_DISK,
+            str(Path(__file__).parent),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["code"] == 2
+    assert result["stderr"].splitlines() == [
+        "error: metrics/train/baseline/seed7.json: cannot be written (No space left on device); "
+        "the previous outputs are kept"
+    ]
+    assert result["same"]
+    assert result["left"] == ["baseline", "filler"]  # no temp folder
+
+
+def test_a_symlinked_curves_folder_stays_a_link_and_leaves_no_temp(prepared):
+    """dvclive/<model> pointing elsewhere (another disk): the folder it points to gets the curves."""
+    Path("elsewhere/baseline").mkdir(parents=True)
+    Path("dvclive").mkdir()
+    Path("dvclive/baseline").symlink_to(Path("elsewhere/baseline").resolve())
+    train.run(prepared, "baseline", 7)
+    train.run(prepared, "baseline")
+    train.run(prepared, "baseline", 8)
+    assert Path("dvclive/baseline").is_symlink()
+    assert sorted(p.name for p in Path("dvclive").iterdir()) == ["baseline"]
+    assert sorted(p.name for p in Path("elsewhere/baseline").iterdir()) == ["seed7", "seed8"]
+    assert Path("elsewhere/baseline/seed8/plots/metrics/val/loss.tsv").is_file()

@@ -2,9 +2,10 @@
 
 Every output goes through a temp file or folder beside it and a rename, so a stage that is
 interrupted never leaves a half-written file for DVC to cache. A stage with several outputs
-publishes them as one generation (`publish_dir`): readers see the whole old set or the whole
-new one, never a new train.npz next to an old vocabulary. Temp names carry the writer's process
-id, so leftovers of a killed run are recognised and removed by the next one.
+publishes them as one generation (`publish_dir`, or `generation` for several folders and files):
+readers see the whole old set or the whole new one, never a new train.npz next to an old
+vocabulary, and a write that fails (a full disk) leaves the old set as it was. Temp names carry
+the writer's process id, so leftovers of a killed run are recognised and removed by the next one.
 """
 
 from __future__ import annotations
@@ -72,9 +73,30 @@ def remove_stale(path: str | Path) -> None:
             entry.unlink(missing_ok=True)
 
 
+class StorageError(UserError):
+    """A write the filesystem refused (a full disk, a read-only folder): one line naming the path."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path}: cannot be written ({reason}); the previous outputs are kept")
+
+
+@contextmanager
+def storing(path: str | Path) -> Iterator[None]:
+    """Turn an OSError of the writes inside into a StorageError naming `path`."""
+    try:
+        yield
+    except OSError as exc:
+        raise StorageError(path, exc.strerror or str(exc)) from None
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside `path`; on success it replaces `path`, on error it is removed."""
+    """Yield a temp path beside `path`; on success it replaces `path`, on error it is removed.
+
+    The temp file is on disk (fsync) before it replaces `path`, so a crash never leaves an
+    empty or partial file under the real name.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(path)
@@ -84,10 +106,113 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~_UMASK)
     try:
         yield Path(tmp)
+        _sync(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class Generation:
+    """The temp files and folders of one generation, each beside the path it will replace."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[Path, Path]] = []  # (temp, path)
+        self.created: list[Path] = []  # parent folders made for it, removed again if it fails
+
+    def folder(self, path: str | Path) -> Path:
+        """An empty folder that becomes `path` (the folder a symlink at `path` points to)."""
+        target = self._beside(Path(path))
+        temp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent))
+        os.chmod(temp, 0o777 & ~_UMASK)  # mkdtemp creates 0700
+        self.entries.append((temp, target))
+        return temp
+
+    def file(self, path: str | Path) -> Path:
+        """An empty temp file that becomes `path`; the caller writes it (write_bytes replaces it)."""
+        target = self._beside(Path(path))
+        fd, temp = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        os.chmod(temp, 0o666 & ~_UMASK)  # mkstemp creates 0600
+        self.entries.append((Path(temp), target))
+        return Path(temp)
+
+    def _beside(self, path: Path) -> Path:
+        # Through a symlink, the generation replaces what the link points to and the link stays.
+        target = path.resolve() if path.is_symlink() else path
+        self.created += [p for p in (target.parent, *target.parent.parents) if not p.exists()]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(target)
+        return target
+
+    def where(self, name: str | Path) -> Path:
+        """The path a file inside one of the temps will have once published."""
+        name = Path(name)
+        for temp, target in self.entries:
+            if name == temp or temp in name.parents:
+                return target / name.relative_to(temp)
+        return name
+
+    def sync(self) -> None:
+        for temp, _ in self.entries:
+            paths = sorted(temp.rglob("*")) + [temp] if temp.is_dir() else [temp]
+            for path in paths:
+                if not path.is_symlink():
+                    with storing(self.where(path)):
+                        _sync(path)
+
+    def swap_in(self) -> None:
+        """Every temp to its path; if one cannot move, the ones before it move back."""
+        done: list[tuple[Path, Path, bool]] = []
+        try:
+            for temp, target in self.entries:
+                with storing(target):
+                    done.append((temp, target, _swap_in(temp, target)))
+        except BaseException:
+            for temp, target, replaced in reversed(done):
+                if replaced:
+                    _swap_in(temp, target)  # the old generation, held at temp, back in place
+                else:
+                    os.rename(target, temp)
+            raise
+
+    def discard(self) -> None:
+        for temp, _ in self.entries:
+            _remove(temp)
+        for folder in sorted(set(self.created), key=lambda p: len(p.parts), reverse=True):
+            try:
+                folder.rmdir()  # a failed generation leaves no folder it made
+            except OSError:
+                pass
+
+
+@contextmanager
+def generation() -> Iterator[Generation]:
+    """Publish several files and folders as one generation.
+
+    The caller asks for a temp for each output (`.folder(path)`, `.file(path)`) and writes
+    them all; only then, each byte on disk (fsync), do they replace their paths, one rename
+    after another. A failure while writing any of them (a full disk) leaves every old output
+    untouched and becomes a StorageError naming the output, not its temp.
+    """
+    gen = Generation()
+    try:
+        yield gen
+        gen.sync()
+        gen.swap_in()
+    except StorageError as exc:
+        gen.discard()
+        raise StorageError(gen.where(exc.path), exc.reason) from None
+    except OSError as exc:
+        gen.discard()
+        if exc.filename is None:
+            raise
+        raise StorageError(gen.where(exc.filename), exc.strerror or str(exc)) from None
+    except BaseException:
+        gen.discard()
+        raise
+    for temp, _ in gen.entries:
+        _remove(temp)  # after the swaps each holds the old generation, if there was one
 
 
 @contextmanager
@@ -96,32 +221,33 @@ def publish_dir(path: str | Path) -> Iterator[Path]:
 
     Whatever the caller writes there appears together, replacing the previous contents of
     `path` as a whole; on error or interrupt the folder is removed and `path` is untouched.
+    A symlink at `path` stays, and the folder it points to is replaced.
     """
-    path = Path(path)
-    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(path)
-    stage = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
-    os.chmod(stage, 0o777 & ~_UMASK)  # mkdtemp creates 0700
+    with generation() as gen:
+        yield gen.folder(path)
+
+
+def _sync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
-        yield stage
-        _swap_in(stage, path)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        for folder in created:  # deepest first: a failed stage leaves no folder it made
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-        raise
-    shutil.rmtree(stage, ignore_errors=True)  # after a swap it holds the old generation
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
-def _swap_in(stage: Path, path: Path) -> None:
-    """Move `stage` to `path`, leaving the previous `path` (if any) at `stage`."""
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _swap_in(stage: Path, path: Path) -> bool:
+    """Move `stage` to `path`, leaving the previous `path` (if any) at `stage`; whether there was one."""
     if not path.exists() and not path.is_symlink():
         os.rename(stage, path)
-    elif not _exchange(stage, path):
+        return False
+    if not _exchange(stage, path):
         # Without an atomic exchange, `path` is briefly missing: a reader then finds nothing,
         # which it reports, rather than a mix of two generations.
         old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".old", dir=path.parent))
@@ -129,6 +255,7 @@ def _swap_in(stage: Path, path: Path) -> None:
         os.rename(path, old)
         os.rename(stage, path)
         os.rename(old, stage)
+    return True
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -147,7 +274,7 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
+    with storing(path), atomic_path(path) as tmp:
         tmp.write_bytes(data)
 
 

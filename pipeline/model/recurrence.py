@@ -26,6 +26,7 @@ import fcntl
 import hashlib
 import os
 import platform
+import shutil
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -161,18 +162,25 @@ def _build(load):
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
-    copy = folder / "recurrence.cpp"
-    if not copy.exists() or copy.read_bytes() != source:
-        files.write_bytes(copy, source)
+    from torch.utils.cpp_extension import LIB_EXT
+
+    library = folder / f"{name}{LIB_EXT}"  # where torch builds the library and loads it from
     # torch guards a build with a `lock` file that a killed process leaves behind, and every
     # later load then waits for it forever. Under this flock, which the kernel releases
     # however its holder ends, no other process is loading: a `lock` file found is stale.
     with open(folder / "pipeline.lock", "w") as guard, _pinned_ninja():
         fcntl.flock(guard, fcntl.LOCK_EX)
+        if library.exists() and not _intact(library):
+            # Truncated or overwritten (a full disk, a killed copy, a bad sector): loading it could
+            # kill this process with SIGBUS, and ninja, going by dates, would never rebuild it.
+            _clear(folder)
+        copy = folder / "recurrence.cpp"
+        if not copy.exists() or copy.read_bytes() != source:
+            files.write_bytes(copy, source)
         for attempt in range(3):
             (folder / "lock").unlink(missing_ok=True)
             try:
-                return load(
+                kernel = load(
                     name=name,
                     sources=[str(copy)],
                     build_directory=str(folder),
@@ -186,7 +194,36 @@ def _build(load):
                 # under this load; the build itself is intact, so load again.
                 if attempt == 2:
                     raise
+                continue
+            if not _intact(library):  # just built, or rebuilt by ninja: this is the library now
+                files.write_text(_record(library), files.sha256_file(library) + "\n")
+            return kernel
         raise AssertionError("unreachable")
+
+
+def _record(library: Path) -> Path:
+    """The file beside a built library that holds its sha256, written once it loaded."""
+    return library.with_name(library.name + ".sha256")
+
+
+def _intact(library: Path) -> bool:
+    """Whether the library has the bytes it had when it last loaded; without a record it may be
+    a build that was cut short, so it counts as damaged."""
+    try:
+        return _record(library).read_text().strip() == files.sha256_file(library)
+    except OSError:
+        return False
+
+
+def _clear(folder: Path) -> None:
+    """Empty a build folder for a fresh build; the flock's own file stays, its holder in it."""
+    for entry in folder.iterdir():
+        if entry.name == "pipeline.lock":
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 _CPUINFO = Path("/proc/cpuinfo")

@@ -1,9 +1,11 @@
 """train stage: data/prepared/ -> every seed of train.seeds of one model (or one seed, --seed).
 
 Writes, per seed S, models/<model>/seedS.pt, metrics/train/<model>/seedS.json and the learning
-curves in dvclive/<model>/seedS/ (pipeline.core.layout), all at the end: a stage that fails or
-is stopped leaves the previous outputs as they were, or, stopped between two of them, a set
-whose stamps disagree (pipeline.core.stamps), which compare refuses.
+curves in dvclive/<model>/seedS/ (pipeline.core.layout), all at the end and as one generation:
+nothing is replaced until every file is written and on disk, so a stage that fails (a full disk:
+one line, exit code 2) or is stopped leaves the previous outputs as they were; killed between
+two of the final renames, it leaves a set whose stamps disagree (pipeline.core.stamps), which
+compare refuses.
 
 Runs side by side: on a CPU each run computes on one thread, and up to train.threads runs
 train at once, each in a worker process forked from the stage's. A run draws from generators
@@ -460,33 +462,43 @@ def _in_workers(job: Callable[[int, Any], None], seeds: tuple[int, ...], workers
 def publish_runs(
     runs: list[Run], cfg: ModelConfig, inputs: Inputs, name: str, world: World, kernel: dict, whole_model: bool
 ) -> list[dict]:
-    """Write each run's checkpoint, summary and curves; with `whole_model`, the model's three
-    folders are replaced as a whole, so no run of a seed left out of train.seeds stays behind."""
-    if not whole_model:
-        folders = (layout.MODELS / name, layout.METRICS / "train" / name, layout.CURVES / name)
-        return [_publish_run(run, cfg, inputs, name, world, kernel, *folders) for run in runs]
-    with (
-        files.publish_dir(layout.MODELS / name) as checkpoints_dir,
-        files.publish_dir(layout.METRICS / "train" / name) as summaries_dir,
-        files.publish_dir(layout.CURVES / name) as curves_dir,
-    ):
-        folders = (checkpoints_dir, summaries_dir, curves_dir)
-        return [_publish_run(run, cfg, inputs, name, world, kernel, *folders) for run in runs]
+    """Write each run's checkpoint, summary and curves, all of them as one generation: nothing is
+    replaced until every file is written, so a failure (a full disk) leaves the old outputs as
+    they were. With `whole_model`, the model's three folders are replaced as a whole, so no run
+    of a seed left out of train.seeds stays behind; otherwise only the runs' own files."""
+    summaries = []
+    with files.generation() as gen:
+        if whole_model:
+            checkpoints_dir = gen.folder(layout.MODELS / name)
+            summaries_dir = gen.folder(layout.METRICS / "train" / name)
+            curves_dir = gen.folder(layout.CURVES / name)
+        for run in runs:
+            if whole_model:
+                checkpoint = checkpoints_dir / layout.run_checkpoint(name, run.seed).name
+                summary = summaries_dir / layout.run_summary(name, run.seed).name
+                curves = curves_dir / layout.run_curves(name, run.seed).name
+                curves.mkdir()
+            else:
+                checkpoint = gen.file(layout.run_checkpoint(name, run.seed))
+                summary = gen.file(layout.run_summary(name, run.seed))
+                curves = gen.folder(layout.run_curves(name, run.seed))
+            summaries.append(_write_run(run, cfg, inputs, name, world, kernel, checkpoint, summary, curves))
+    return summaries
 
 
-def _publish_run(
+def _write_run(
     run: Run,
     cfg: ModelConfig,
     inputs: Inputs,
     name: str,
     world: World,
     kernel: dict,
-    checkpoints_dir: Path,
-    summaries_dir: Path,
-    curves_dir: Path,
+    checkpoint_path: Path,
+    summary_path: Path,
+    curves: Path,
 ) -> dict:
-    """One run's checkpoint, summary and curves (DVCLive's files), each named by the checkpoint's
-    sha256 (pipeline.core.stamps); the curves go in last, as one folder."""
+    """One run's checkpoint, summary and curves (DVCLive's files, into the empty folder `curves`),
+    each stamped with the checkpoint's sha256 (pipeline.core.stamps)."""
     seed, model = run.seed, run.model
     summary = {
         "model": name,
@@ -508,11 +520,10 @@ def _publish_run(
         "best_val_loss": summary["best_val_loss"],
         "seed": seed,
     }
-    summary[stamps.KEY] = checkpoints.save_checkpoint(
-        checkpoints_dir / layout.run_checkpoint(name, seed).name, checkpoint
-    )
-    files.write_json(summaries_dir / layout.run_summary(name, seed).name, summary)
-    with files.publish_dir(curves_dir / layout.run_curves(name, seed).name) as curves:
+    summary[stamps.KEY] = checkpoints.save_checkpoint(checkpoint_path, checkpoint)
+    files.write_json(summary_path, summary)
+    # DVCLive writes its files itself: a refused write names the run's curves folder.
+    with files.storing(layout.run_curves(name, seed)):
         from dvclive import Live
 
         live = Live(dir=str(curves), save_dvc_exp=False, dvcyaml=None)
@@ -520,5 +531,5 @@ def _publish_run(
             run.curves.replay(live)
         finally:
             live.end()
-        stamps.write_run(curves, summary[stamps.KEY])
+    stamps.write_run(curves, summary[stamps.KEY])
     return summary
