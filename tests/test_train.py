@@ -145,7 +145,7 @@ def test_early_stopping_restores_the_best_epoch(prepared, monkeypatch):
 
     scripted.val = train.load_split("val")
     monkeypatch.setattr(train, "score_shard", scripted)
-    monkeypatch.setattr(train, "load_split", lambda name: scripted.val if name == "val" else train_split)
+    monkeypatch.setattr(train, "load_split", lambda name, **_: scripted.val if name == "val" else train_split)
     train_split = train.Split(*(getattr(scripted.val, k) for k in ("ids", "lengths", "labels")))
     params = dataclasses.replace(prepared, train=dataclasses.replace(prepared.train, max_epochs=10, patience=2))
     train.run(params, "birnn", 7)
@@ -174,6 +174,24 @@ def test_full_batch_training_like_the_starter_experiment(prepared, monkeypatch):
     documents = len(load_split("train"))
     assert json.loads(Path("metrics/train/baseline/seed7.json").read_text())["epochs_run"] == 3
     assert epochs == [[documents]] * 3
+
+
+@pytest.mark.parametrize("array, beyond", [("ids", "vocab"), ("labels", "classes")])
+def test_prepared_arrays_beyond_the_vocabulary_or_classes_exit_2_before_training(prepared, array, beyond):
+    import numpy as np
+
+    path = Path("data/prepared/train.npz")
+    with np.load(path) as data:
+        arrays = {k: data[k].copy() for k in data.files}
+    vocab = len(json.loads(Path("data/prepared/vocab.json").read_text())["tokens"])
+    classes = len(json.loads(Path("data/prepared/labels.json").read_text()))
+    arrays[array].flat[0] = vocab if beyond == "vocab" else classes
+    np.savez(path, **arrays)
+    result = CliRunner().invoke(app, ["train", "birnn", "--seed", "7"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: {path}: {array}: 1 values outside [0, ")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not Path("models/birnn").exists()
 
 
 def test_missing_prepared_data_exits_2(tiny_project):
@@ -304,7 +322,7 @@ def test_the_training_ceiling_keeps_the_best_epoch_under_it(prepared, monkeypatc
 
     scripted.train = train.load_split("train")
     monkeypatch.setattr(train, "score_shard", scripted)
-    monkeypatch.setattr(train, "load_split", lambda name: scripted.train if name == "train" else val_split)
+    monkeypatch.setattr(train, "load_split", lambda name, **_: scripted.train if name == "train" else val_split)
     val_split = load_split("val")
     params = dataclasses.replace(
         prepared,

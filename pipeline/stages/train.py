@@ -142,7 +142,7 @@ class _Progress:
 
 class _Curves:
     """One run's per-epoch metrics, held until its outputs are written (DVCLive writes them then:
-    runs train in threads, and every Live would otherwise open the repository from its own)."""
+    runs train in forked workers, and every Live would otherwise open the repository from its own)."""
 
     def __init__(self) -> None:
         self.step = 0
@@ -330,12 +330,19 @@ class Inputs:
 
     @classmethod
     def load(cls) -> Inputs:
+        if not (layout.PREPARED / "train.npz").is_file():
+            raise UserError(f"{layout.PREPARED}: prepared data not found; run `dvc repro prepare` first")
+        labels = files.read_json(layout.PREPARED / "labels.json", "label list")
+        if not isinstance(labels, list):
+            raise UserError(f"{layout.PREPARED / 'labels.json'}: not a label list; rerun `pipeline prepare`")
+        vocab = Vocab.load(layout.PREPARED / "vocab.json")
+        # Each split is checked against them once, here.
         return cls(
-            train=load_split("train"),
-            val=load_split("val"),
-            labels=files.read_json(layout.PREPARED / "labels.json", "label list"),
+            train=load_split("train", vocab_size=len(vocab), num_classes=len(labels)),
+            val=load_split("val", vocab_size=len(vocab), num_classes=len(labels)),
+            labels=labels,
             stats=files.read_json(layout.PREPARED / "stats.json", "prepare stats"),
-            vocab=Vocab.load(layout.PREPARED / "vocab.json"),
+            vocab=vocab,
         )
 
 
