@@ -42,8 +42,8 @@ PLAN = {
     "check-params": (1, 0.5),
     "download": (2, 0.6),
     "prepare": (2, 0.8),
-    "train@birnn": (3, 8.0),
-    "train@stacked": (2, 8.0),
+    "train@birnn": (3, 14.0),
+    "train@stacked": (2, 14.0),
     "publish@birnn": (2, 0.4),
     "evaluate": (2, 4.5),
     "compare": (2, 2.5),
@@ -58,9 +58,10 @@ WHILE_TRAINING = {
 
 def _params() -> dict:
     """The tiny params, with each model's two seeds trained side by side in forked workers, every
-    epoch of forty (a second or two: long enough to be killed while they train)."""
+    epoch of two hundred: about 4 s of training, several times the latest kill timed from the
+    workers' start, on a fast machine too (forty epochs, under a second, once let them finish first)."""
     params = tiny_params_dict()
-    params["train"].update(threads=2, max_epochs=40, patience=40)
+    params["train"].update(threads=2, max_epochs=200, patience=200)
     return params
 
 
