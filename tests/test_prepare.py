@@ -60,6 +60,33 @@ def test_duplicates_are_removed_before_splitting(tiny_project, tiny_params):
     assert len(texts) == len(set(texts)) == len(rows)
 
 
+def _rows(politics, sport, tech):
+    by_label = {"politics": politics, "sport": sport, "tech": tech}
+    return [{"text": text, "label": label} for label, texts in by_label.items() for text in texts]
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        # Punctuation only: no text has a token, so each is a duplicate of the first.
+        (_rows(["!!!"] * 8, ["..."] * 8, ["? ?"] * 8), "no text holds a single token once normalised"),
+        # Every sport text repeats a politics one: nothing of the class is left.
+        (
+            _rows([f"vote {k}" for k in range(8)], [f"vote {k}" for k in range(8)], [f"chip {k}" for k in range(8)]),
+            "class 'sport': each of its documents repeats the text of an earlier one",
+        ),
+    ],
+)
+def test_a_class_lost_to_duplicates_is_named_for_what_happened(tiny_project, rows, message):
+    (tiny_project / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    runner = CliRunner()
+    assert runner.invoke(app, ["download"]).exit_code == 0
+    result = runner.invoke(app, ["prepare"])
+    assert result.exit_code == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not Path("data/prepared").exists()
+
+
 def test_splits_are_stratified_and_sized(tiny_params):
     arrays = _prepared(tiny_params)
     stats = json.loads((OUT / "stats.json").read_text())

@@ -100,6 +100,8 @@ def scan(path: Path, scratch: Path) -> Corpus:
         tokens_out.write(array("i", pending).tobytes())
     if not labels:
         raise UserError(f"{path}: corpus is empty")
+    if not any(counts):  # every text normalises to no token: all but the first were its duplicates
+        raise UserError(f"{path}: no text holds a single token once normalised; nothing to learn from")
     names = sorted(label_codes)
     to_sorted = np.empty(len(names), dtype=np.int64)
     to_sorted[[label_codes[name] for name in names]] = np.arange(len(names))
@@ -122,6 +124,11 @@ def stratified_split(labels: np.ndarray, p: PrepareParams, names: list[str]) -> 
         members = rng.permutation(np.flatnonzero(labels_arr == cls))
         n_val = int(round(len(members) * p.val_fraction))
         n_test = int(round(len(members) * p.test_fraction))
+        if len(members) == 0:  # a label is only seen on texts that repeat earlier ones
+            raise UserError(
+                f"class {names[cls]!r}: each of its documents repeats the text of an earlier one "
+                "(removed as duplicates); none is left to train on"
+            )
         if len(members) - n_val - n_test < 1:
             raise UserError(
                 f"class {names[cls]!r} has {len(members)} documents: too few for "
