@@ -256,20 +256,20 @@ def test_export_into_an_unwritable_folder_is_one_line_and_leaves_nothing(model, 
     folder = _unwritable(tmp_path)
     before = _tree(tmp_path)
     result = CliRunner().invoke(app, ["export", "--model", str(model), "--out", str(folder / "x.onnx")])
-    _one_line(result, f"--out {folder / 'x.onnx'}: cannot write there (")
+    _one_line(result, f"{folder / 'x.onnx'}: cannot be written (")
     assert _tree(tmp_path) == before
     assert not Path("/proc/pipeline-export").exists()
 
 
 def test_export_under_proc_is_one_line(model, tmp_path):
     result = CliRunner().invoke(app, ["export", "--model", str(model), "--out", "/proc/x.onnx"])
-    _one_line(result, "--out /proc/x.onnx: cannot write there (No such file or directory)")
+    _one_line(result, "/proc/x.onnx: cannot be written (No such file or directory)")
 
 
 def test_a_stage_output_that_cannot_be_written_names_the_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, ["plots-template", "--output", "/proc/pipeline-plots/page.html"])
-    _one_line(result, "error: /proc/pipeline-plots: No such file or directory")
+    _one_line(result, "error: /proc/pipeline-plots/page.html: cannot be written (No such file or directory)")
 
 
 # ---- predict's input: a bad byte deep in the file ---------------------------------------

@@ -137,11 +137,15 @@ def test_two_queued_experiments_run_in_two_workers_with_one_thread_each(tmp_path
     assert {4, 8, 12} <= set(experiments)  # the committed run and the two experiments
     trained = {}
     for hidden_dim in (4, 12):
-        # Each trained the BiRNN only, the rest coming from the cache, in one thread.
-        assert ran(sh(DVC, "queue", "logs", experiments[hidden_dim]["name"])) == {
+        # Each trained the BiRNN only, the rest coming from the cache, in one thread. evaluate
+        # reruns in one thread too, where the committed run had two: another model's fitted
+        # temperature may then differ in its last digits (seen once in CI for the baseline's),
+        # which republishes that model; no other model trains.
+        stages = ran(sh(DVC, "queue", "logs", experiments[hidden_dim]["name"]))
+        assert {"check-params", "train@birnn", "publish@birnn", "evaluate", "compare"} <= stages
+        assert {s for s in stages if not s.startswith("publish@")} == {
             "check-params",
             "train@birnn",
-            "publish@birnn",
             "evaluate",
             "compare",
         }

@@ -247,10 +247,8 @@ def run(model: str = "birnn", out: Path | None = None) -> None:
     clf = load_classifier(source)
     info = sidecar(clf, source)
     data = to_onnx(clf.model, {SIDECAR: json.dumps(info, ensure_ascii=False)}, clf.temperature)
-    try:
-        files.write_bytes(target, data)
-        # The file beside it also names the model file's hash, which the model file cannot hold.
-        files.write_json(side, {"model_sha256": files.sha256_bytes(data), **info})
-    except OSError as exc:  # a read-only folder, a full disk: each atomic write leaves no temp file behind
-        raise UserError(f"--out {target}: cannot write there ({exc.strerror or exc})") from None
+    # A read-only folder or a full disk is a StorageError naming the file; no temp file is left.
+    files.write_bytes(target, data)
+    # The file beside it also names the model file's hash, which the model file cannot hold.
+    files.write_json(side, {"model_sha256": files.sha256_bytes(data), **info})
     print(f"{target}: ONNX, {len(data):,} bytes; {side}: {len(clf.vocab):,} tokens, {len(clf.labels)} labels")
