@@ -22,6 +22,19 @@ TOPIC_WORDS = {
 FILLER = "the a of and to in on for with said it was is at by".split()
 
 
+def pipeline_steps() -> list[list[str]]:
+    """The `pipeline` command lines of every stage, in dvc.yaml's order (every model of params.MODELS)."""
+    return [
+        ["download"],
+        ["prepare"],
+        *(["train", m] for m in params_module.MODELS),  # every seed of each, as dvc.yaml's train stage
+        ["evaluate"],
+        *(["publish", m] for m in params_module.MODELS),  # after evaluate: it serves the fitted temperature
+        ["suspects"],
+        ["compare"],
+    ]
+
+
 def make_corpus(n_per_class: int = 16, seed: int = 0) -> list[dict[str, str]]:
     """Short documents whose topic words make the label learnable, mixed with filler."""
     rng = random.Random(seed)

@@ -19,9 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_corpus, tiny_params_dict
-
-from pipeline.core.params import MODELS
+from conftest import make_corpus, pipeline_steps, tiny_params_dict
 
 ROOT = Path(__file__).parents[1]
 # Each stage that writes, the folder its outputs live in, and what the command line adds.
@@ -80,16 +78,7 @@ def built(tmp_path_factory) -> Path:
     root.mkdir()
     (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in make_corpus()))
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(), sort_keys=False))
-    steps = [
-        ["download"],
-        ["prepare"],
-        *(["train", m] for m in MODELS),
-        ["evaluate"],
-        *(["publish", m] for m in MODELS),
-        ["suspects"],
-        ["compare"],
-        ["export", "--model", "birnn"],
-    ]
+    steps = [*pipeline_steps(), ["export", "--model", "birnn"]]
     for args in steps:
         done = _cli(root, *args)
         assert done.returncode == 0, f"{args}: {done.stderr[-2000:]}"

@@ -9,6 +9,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+from conftest import pipeline_steps
 
 from pipeline.core import files
 from pipeline.core.errors import UserError
@@ -248,19 +249,10 @@ def test_compare_draws_and_embeds_the_figures_from_the_real_stages(tiny_project)
     from typer.testing import CliRunner
 
     from pipeline.cli import app
-    from pipeline.core.params import MODELS as ALL_MODELS
 
     runner = CliRunner()
     seeds = yaml.safe_load(Path("params.yaml").read_text())["train"]["seeds"]
-    steps = [
-        ["download"],
-        ["prepare"],
-        *(["train", m] for m in ALL_MODELS),  # every seed of each, as dvc.yaml's train stage
-        ["evaluate"],
-        *(["publish", m] for m in ALL_MODELS),  # after evaluate: it serves the fitted temperature
-        ["suspects"],
-        ["compare"],
-    ]
+    steps = pipeline_steps()
     for args in steps:
         result = runner.invoke(app, args)
         assert result.exit_code == 0, (args, result.output)
