@@ -110,11 +110,13 @@ def _run_stage(stage: str, params: Path, sections: tuple[str, ...], *args: objec
     """
 
     def work() -> None:
+        from pipeline.core import files
         from pipeline.core import params as params_module
 
         process.stop_with_parent()
         loaded = params_module.load(params, sections)
-        with process.exclusive(run or stage):
+        unchanged = params_module.still_as_read(params, loaded, sections)
+        with files.checked_before_publishing(unchanged), process.exclusive(run or stage):
             importlib.import_module(f"pipeline.stages.{stage}").run(loaded, *args)
 
     _guard(work)

@@ -19,8 +19,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 from conftest import tiny_params_dict
-from dvc_repo import DVC, exp_show_rows, make_repo, ran, runner
+from dvc_repo import BIN, DVC, exp_show_rows, make_repo, ran, repo_env, runner, write_project
 
 pytestmark = pytest.mark.e2e
 
@@ -157,12 +159,14 @@ def test_two_queued_experiments_run_in_two_workers_with_one_thread_each(tmp_path
     assert small["val"]["loss"] != large["val"]["loss"]
 
 
-def test_two_workspace_experiments_at_once_are_dvcs_to_refuse_not_the_pipelines(tmp_path):
-    """What happens today, so that a DVC that refuses the second run shows here: `dvc exp run`
-    applies its -S to params.yaml before it takes any lock, and runs its stages with the
-    repository unlocked. The second run therefore rewrites params.yaml under the first, then
-    fails on the first's lock of data/params.ok; the first trains the second's value, and neither
-    records an experiment. No command of the pipeline runs before that write: use --queue."""
+def test_two_workspace_experiments_at_once_never_leave_outputs_filed_under_other_params(tmp_path):
+    """`dvc exp run` applies its -S to params.yaml before it takes any lock, and runs its stages
+    with the repository unlocked, so a second one started beside the first rewrites params.yaml
+    under it. Which of the two then fails, and where, depends on the moment (DVC's locks, or the
+    first's train stage refusing to publish, the test below): no command of the pipeline runs
+    before that write, so the pipeline cannot refuse the second run itself; the docs say to use
+    --queue. What it guarantees whatever the timing: no output is filed under params it was not
+    made with, so `dvc status` tells the truth and one `dvc repro` puts the workspace right."""
     repo = tmp_path / "repo"
     env = make_repo(repo)
     sh = runner(repo, env)
@@ -176,13 +180,68 @@ def test_two_workspace_experiments_at_once_are_dvcs_to_refuse_not_the_pipelines(
             command = (DVC, "exp", "run", "-S", f"birnn.hidden_dim={hidden_dim}")
             runs.append(subprocess.Popen(command, cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT))
         time.sleep(2)
-    assert [run.wait(timeout=TIMEOUT_S) for run in runs] == [255, 255]
-    second = logs[1].read_text()
-    assert "failed to reproduce 'check-params'" in second and "data/params.ok' is busy" in second
-    assert "hidden_dim: 12" in (repo / "params.yaml").read_text()  # the second's value, left behind
-    # The first was asked for hidden_dim 4 (fewer parameters than the committed 8) and trained 12.
-    trained = json.loads((repo / "metrics/train/birnn/seed7.json").read_text())["trainable_parameters"]
-    committed = json.loads(sh("git", "show", "HEAD:metrics/train/birnn/seed7.json"))["trainable_parameters"]
-    assert trained > committed
+    codes = [run.wait(timeout=TIMEOUT_S) for run in runs]
+    assert set(codes) <= {0, 255}, [log.read_text()[-2000:] for log in logs]
+
+    def trained_width() -> int:
+        checkpoint = torch.load(repo / "models/birnn/seed7.pt", weights_only=True)
+        return int(checkpoint["config"]["hidden_dim"])
+
+    asked = yaml.safe_load((repo / "params.yaml").read_text())["birnn"]["hidden_dim"]
+    if "up to date" in sh(DVC, "status", "train@birnn"):
+        assert trained_width() == asked
+    sh(DVC, "repro")
+    assert trained_width() == asked
     assert "Data and pipelines are up to date" in sh(DVC, "status")
-    assert sh(DVC, "exp", "list").strip() == ""
+
+
+def _snapshot(repo: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(repo)): path.read_bytes()
+        for folder in ("models", "metrics", "dvclive")
+        for path in sorted((repo / folder).rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "refused"), [("birnn", "hidden_dim", True), ("stacked", "hidden_dim", False)]
+)
+def test_a_stage_whose_params_change_while_it_runs_publishes_nothing(tmp_path, section, key, refused):
+    """What the pipeline can do about two experiments in one workspace: a stage publishes
+    nothing once the params it read have changed in the file (DVC would record the new values
+    beside outputs of the old ones); a change to a section it does not read lets it publish."""
+    repo = tmp_path / "repo"
+    params = tiny_params_dict()
+    params["train"].update(max_epochs=200, patience=200)  # seconds of epochs after the first
+    write_project(repo, params)
+    env = repo_env(repo)
+    sh = runner(repo, env)
+    for step in (["download"], ["prepare"], ["train", "birnn"]):
+        sh(str(BIN / "pipeline"), *step)
+    before, folder = _snapshot(repo), (repo / "models/birnn").stat().st_ino
+    train = subprocess.Popen(
+        (str(BIN / "pipeline"), "train", "birnn"),
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert train.stdout is not None
+    for line in train.stdout:
+        if " epoch " in line:
+            break
+    params[section][key] += 1
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _, err = train.communicate(timeout=TIMEOUT_S)
+    after = _snapshot(repo)
+    if refused:
+        assert train.returncode == 2 and len(err.strip().splitlines()) == 1, err
+        assert f"params.yaml: {section} changed while this stage ran" in err and "--queue" in err
+        assert after == before
+    else:
+        assert train.returncode == 0, err
+        assert (repo / "models/birnn").stat().st_ino != folder  # a new generation, the same bytes
+        assert after["models/birnn/seed7.pt"] == before["models/birnn/seed7.pt"]
+    assert not list(repo.rglob("*.tmp"))

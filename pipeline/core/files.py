@@ -19,7 +19,7 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -35,6 +35,25 @@ MAX_LINE_CHARS = 1 << 24
 
 
 # ---- atomic files and generations ------------------------------------------------------------
+
+# Run before anything this process writes replaces its path: a check that raises keeps the
+# previous outputs (pipeline.cli registers one: the params a stage read are still the file's).
+_PUBLISH_CHECKS: list[Callable[[], None]] = []
+
+
+@contextmanager
+def checked_before_publishing(check: Callable[[], None]) -> Iterator[None]:
+    """Inside, `check` runs before every output is published; what it raises keeps the old one."""
+    _PUBLISH_CHECKS.append(check)
+    try:
+        yield
+    finally:
+        _PUBLISH_CHECKS.remove(check)
+
+
+def _publishable() -> None:
+    for check in _PUBLISH_CHECKS:
+        check()
 
 
 def _temp_prefix(path: Path) -> str:
@@ -107,6 +126,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield Path(tmp)
         _sync(Path(tmp))
+        _publishable()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -199,6 +219,7 @@ def generation() -> Iterator[Generation]:
     try:
         yield gen
         gen.sync()
+        _publishable()
         gen.swap_in()
     except StorageError as exc:
         gen.discard()

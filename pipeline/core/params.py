@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import re
 import reprlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -339,6 +340,36 @@ def parse(raw: Any, sections: tuple[str, ...] | None = None) -> Params:
         if getattr(params, name) is None:
             raise ParamsError(f"{name}: missing section")
     return params
+
+
+def still_as_read(path: str | Path, read: Params, sections: tuple[str, ...]) -> Callable[[], None]:
+    """A check that `path` still holds the `sections` that `read` came from, for a stage to run
+    before it publishes. Two `dvc exp run` in one workspace write their -S values into the same
+    params.yaml while the other's stages run, and DVC records the file as it is when a stage
+    ends: outputs of the old values would be filed under the new ones."""
+    path = Path(path)
+    seen: list[tuple[int, int, int]] = []  # (inode, size, mtime) of the file last found unchanged
+
+    def check() -> None:
+        try:
+            stat = path.stat()
+            key = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+            if key in seen:
+                return
+            changed = [s for s in sections if getattr(load(path, sections), s) != getattr(read, s)]
+        except (OSError, ParamsError) as exc:
+            problem = str(exc)
+        else:
+            if not changed:
+                seen[:] = [key]
+                return
+            problem = f"{', '.join(changed)} changed"
+        raise ParamsError(
+            f"{path}: {problem} while this stage ran (another `dvc exp run` in this workspace?); "
+            "its previous outputs are kept. Run experiments one at a time, or queue them: dvc exp run --queue"
+        )
+
+    return check
 
 
 def load(path: str | Path = "params.yaml", sections: tuple[str, ...] | None = None) -> Params:
