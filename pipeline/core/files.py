@@ -142,18 +142,20 @@ class Generation:
 
     def folder(self, path: str | Path) -> Path:
         """An empty folder that becomes `path` (the folder a symlink at `path` points to)."""
-        target = self._beside(Path(path))
-        temp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent))
-        os.chmod(temp, 0o777 & ~_UMASK)  # mkdtemp creates 0700
+        with storing(path):  # a folder that takes no temp is named as the output, not the temp
+            target = self._beside(Path(path))
+            temp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent))
+            os.chmod(temp, 0o777 & ~_UMASK)  # mkdtemp creates 0700
         self.entries.append((temp, target))
         return temp
 
     def file(self, path: str | Path) -> Path:
         """An empty temp file that becomes `path`; the caller writes it (write_bytes replaces it)."""
-        target = self._beside(Path(path))
-        fd, temp = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        os.chmod(temp, 0o666 & ~_UMASK)  # mkstemp creates 0600
+        with storing(path):
+            target = self._beside(Path(path))
+            fd, temp = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent)
+            os.close(fd)
+            os.chmod(temp, 0o666 & ~_UMASK)  # mkstemp creates 0600
         self.entries.append((Path(temp), target))
         return Path(temp)
 

@@ -25,7 +25,8 @@ Every model was trained once per seed of train.seeds; this stage
 
 metrics/compare.json holds the headline figures only, for `dvc metrics diff` (of calibration, the
 mean test ECE before and after scaling); everything else goes to metrics/details.json and the
-Markdown files, which report.md links. A missed target is a result, not an error:
+Markdown files, which report.md links. All of them, the figures folder whole, are published as
+one generation, once everything is drawn and written. A missed target is a result, not an error:
 the stage fails only on missing or malformed inputs, or on inputs from different runs of a
 stage (pipeline.core.stamps).
 """
@@ -407,30 +408,35 @@ def run(params: Params) -> None:
     errors_md = errors.render_errors(predictions, texts, details["errors"], NAMES, MODELS, params.train.seeds[0])
     suspects_md = errors.render_suspects(read_suspects())
     curves = ("accuracy", "loss"), ("train", "val")
-    drawn = figures.write(
-        FIGURES,
-        curves={
-            m: [files.read_learning_curves(layout.run_curves(m, s), *curves) for s in params.train.seeds]
-            for m in PLOTTED
-        },
-        predictions={m: pairs(predictions[m]) for m in (*PLOTTED, *REFERENCES)},
-        seed_scores={
-            m: [{s: run[s]["accuracy"] for s in SPLITS} for run in details["per_seed"][m].values()] for m in MODELS
-        },
-        ladder={
-            RUNGS[m]: [{s: run[s]["accuracy"] for s in ("train", "val")} for run in details["per_seed"][m].values()]
-            for m in (*LADDER, *COUNTERFACTUALS)
-        },
-        reliability=details.pop("reliability"),
-    )
-    embedded = [f"![{alt}]({path.relative_to(layout.METRICS).as_posix()})\n" for alt, path in drawn.items()]
-    report = render_report(details, NAMES) + "\n".join(["", "## Figures", "", *embedded])
-    files.write_json(layout.METRICS / "compare.json", headline)
-    files.write_json(layout.METRICS / "details.json", details)
-    files.write_bytes(ERRORS_JSONL, b"".join(map(files.jsonl_line, error_list)))
-    files.write_text(ERRORS_MD, errors_md)
-    files.write_text(SUSPECTS_MD, suspects_md)
-    files.write_text(layout.METRICS / "report.md", report)
+    # Every output as one generation: the figures folder whole (a figure no longer drawn goes)
+    # and each file beside it; where a write fails (a full disk), none of them.
+    with files.generation() as outputs:
+        drawn = figures.write(
+            outputs.folder(FIGURES),
+            curves={
+                m: [files.read_learning_curves(layout.run_curves(m, s), *curves) for s in params.train.seeds]
+                for m in PLOTTED
+            },
+            predictions={m: pairs(predictions[m]) for m in (*PLOTTED, *REFERENCES)},
+            seed_scores={
+                m: [{s: run[s]["accuracy"] for s in SPLITS} for run in details["per_seed"][m].values()] for m in MODELS
+            },
+            ladder={
+                RUNGS[m]: [{s: run[s]["accuracy"] for s in ("train", "val")} for run in details["per_seed"][m].values()]
+                for m in (*LADDER, *COUNTERFACTUALS)
+            },
+            reliability=details.pop("reliability"),
+        )
+        # Linked where they will be, through a symlinked figures folder too.
+        links = {alt: (FIGURES / path.name).relative_to(layout.METRICS).as_posix() for alt, path in drawn.items()}
+        embedded = [f"![{alt}]({link})\n" for alt, link in links.items()]
+        report = render_report(details, NAMES) + "\n".join(["", "## Figures", "", *embedded])
+        files.write_json(outputs.file(layout.METRICS / "compare.json"), headline)
+        files.write_json(outputs.file(layout.METRICS / "details.json"), details)
+        files.write_bytes(outputs.file(ERRORS_JSONL), b"".join(map(files.jsonl_line, error_list)))
+        files.write_text(outputs.file(ERRORS_MD), errors_md)
+        files.write_text(outputs.file(SUSPECTS_MD), suspects_md)
+        files.write_text(outputs.file(layout.METRICS / "report.md"), report)
     window = details["targets"]["window"]
     met = [k for k, t in window.items() if t["met"]]
     print(

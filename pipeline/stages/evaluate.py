@@ -15,7 +15,7 @@ The references are fitted on the training split:
 - `fasttext`: supervised fastText (evaluate.fasttext, word n-grams) on the same whole articles,
   tokenised the same way and joined by spaces.
 
-Writes, only after everything was computed, each folder as one generation (files.publish_dir):
+Writes, only after everything was computed, its three folders as one generation (files.generation):
 - metrics/scores/<name>.json: {"seeds": {"<S>": {"train": {...}, "val": {...}, "test": {...},
   "calibrated": {"temperature": T, "val": {"loss", "ece"}, "test": {"loss", "ece"}}}},
   "trainable_parameters": n, "served_seed": S, "checkpoint_sha256": {"<S>": sha256},
@@ -313,14 +313,12 @@ def run(params: Params) -> None:
     # Timing is written beside the results but not stamped: the same inputs keep the same stamp.
     timing = {"fasttext": {"train_seconds": round(seconds, 3)}}
 
-    # Each folder is swapped in whole: never one model's new scores beside another's old ones;
-    # and both carry the run's stamp, so compare refuses new scores beside old predictions.
+    # The three folders are swapped in as one generation: never one model's new scores beside
+    # another's old ones, nor new scores beside old predictions; and scores and predictions carry
+    # the run's stamp, so compare refuses a mix that a killed swap left.
     stamp = stamps.evaluation_stamp(results)
-    with (
-        files.publish_dir(SCORES) as scores_dir,
-        files.publish_dir(PREDICTIONS) as predicted,
-        files.publish_dir(layout.CALIBRATION) as calibration_dir,
-    ):
+    with files.generation() as outputs:
+        scores_dir, predicted, calibration_dir = map(outputs.folder, (SCORES, PREDICTIONS, layout.CALIBRATION))
         for name, result in results.items():
             files.write_json(scores_dir / f"{name}.json", {**result, **timing.get(name, {}), stamps.EVALUATION: stamp})
             files.write_json(predicted / f"{name}.json", served[name].predictions)

@@ -12,8 +12,9 @@ Not a DVC stage. Reads models/<model>.pt or any checkpoint path and writes two f
   the sidecar too, under `classifier.json`.
 - <out>.json: the sidecar: labels, vocabulary (a token's id is its position), encoding
   (max_len, keep, pad and unk ids) and the tokenizer, step by step, plus the sha256 of
-  <out>.onnx, so a reader can tell that the pair belongs together. The model file is written
-  first: a reader who checks the hash never pairs a new model with an old sidecar.
+  <out>.onnx, so a reader can tell that the pair belongs together. The two are published as one
+  generation, the model file first: a reader who checks the hash never pairs a new model with an
+  old sidecar, and a write that fails keeps the old pair.
 
 The graph holds the checkpoint's own weights in torch's own modules, no equations written
 here: the embedding and the head, and for every layer and direction the cell module of that
@@ -247,8 +248,10 @@ def run(model: str = "birnn", out: Path | None = None) -> None:
     clf = load_classifier(source)
     info = sidecar(clf, source)
     data = to_onnx(clf.model, {SIDECAR: json.dumps(info, ensure_ascii=False)}, clf.temperature)
-    # A read-only folder or a full disk is a StorageError naming the file; no temp file is left.
-    files.write_bytes(target, data)
-    # The file beside it also names the model file's hash, which the model file cannot hold.
-    files.write_json(side, {"model_sha256": files.sha256_bytes(data), **info})
+    # One generation: both files replace the old pair, or (a read-only folder, a full disk: a
+    # StorageError naming the file) neither does and no temp file is left.
+    with files.generation() as outputs:
+        files.write_bytes(outputs.file(target), data)
+        # The sidecar also names the model file's hash, which the model file cannot hold.
+        files.write_json(outputs.file(side), {"model_sha256": files.sha256_bytes(data), **info})
     print(f"{target}: ONNX, {len(data):,} bytes; {side}: {len(clf.vocab):,} tokens, {len(clf.labels)} labels")
