@@ -270,8 +270,11 @@ def test_compare_draws_and_embeds_the_figures_from_the_real_stages(tiny_project)
         width, height = png_size((Path("metrics") / path).read_bytes())
         assert width >= 600 and height >= 200
     first = {p: (Path("metrics") / p).read_bytes() for _, p in embedded}
+    Path("metrics/figures/no_longer_drawn.png").write_bytes(first["figures/ladder.png"])
     assert runner.invoke(app, ["compare"]).exit_code == 0
     assert {p: (Path("metrics") / p).read_bytes() for p in first} == first  # same inputs, same bytes
+    # The folder is replaced whole, with the report that embeds it: no figure of an older run stays.
+    assert sorted(p.name for p in Path("metrics/figures").iterdir()) == sorted(Path(p).name for p in first)
 
     # A run's missing learning curve stops compare with one line, before anything is written.
     for _, path in embedded:
