@@ -56,6 +56,7 @@ docs: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/train_runs.py
+	$(BIN)/python benchmarks/stacked_runs.py
 	$(BIN)/python benchmarks/train_processes.py
 	$(BIN)/python benchmarks/predict_throughput.py
 
