@@ -56,6 +56,8 @@ docs: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/train_runs.py
+	$(BIN)/python benchmarks/runs_at_once.py
+	$(BIN)/python benchmarks/repro_floor.py
 	$(BIN)/python benchmarks/stacked_runs.py
 	$(BIN)/python benchmarks/train_processes.py
 	$(BIN)/python benchmarks/predict_throughput.py

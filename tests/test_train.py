@@ -476,3 +476,13 @@ def test_a_symlinked_curves_folder_stays_a_link_and_leaves_no_temp(prepared):
     assert sorted(p.name for p in Path("dvclive").iterdir()) == ["baseline"]
     assert sorted(p.name for p in Path("elsewhere/baseline").iterdir()) == ["seed7", "seed8"]
     assert Path("elsewhere/baseline/seed8/plots/metrics/val/loss.tsv").is_file()
+
+
+def test_runs_at_once_keeps_every_core_busy_to_the_end(monkeypatch):
+    """Five runs on two cores: three at once (2.5 run times) rather than two (three rounds)."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert [train.runs_at_once(runs, 2) for runs in (1, 2, 3, 4, 5, 6, 7)] == [1, 2, 3, 2, 3, 2, 4]
+    assert train.runs_at_once(5, 1) == 1  # one thread (a DVC queue's OMP_NUM_THREADS=1): one run at a time
+    # A stage that may use more cores than train.threads never takes them.
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert train.runs_at_once(5, 2) == 2
